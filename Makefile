@@ -1,0 +1,95 @@
+# nuop — the targets people and CI run. `make help` lists them.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+NU_VERSION     ?= 0.115.1
+TOOLS_DIR      ?= $(CURDIR)/.tools
+NU             ?= $(TOOLS_DIR)/node_modules/@nushell/linux-x64/bin/nu
+CONTROL_PLANE  := hack/control-plane
+CARGO          ?= cargo
+IMG_MANAGER    ?= ghcr.io/nuop-dev/nuop-manager:latest
+IMG_MANAGED    ?= ghcr.io/nuop-dev/nuop-managed:latest
+
+export NUOP_NU := $(NU)
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Tools
+
+.PHONY: tools
+tools: $(NU) ## Install pinned tools (nu) into .tools/.
+
+$(NU):
+	@mkdir -p $(TOOLS_DIR)
+	@echo "installing nu $(NU_VERSION) from the nushell npm package into $(TOOLS_DIR)" >&2
+	npm install --no-audit --no-fund --loglevel=error --prefix $(TOOLS_DIR) nushell@$(NU_VERSION)
+	@$(NU) --version >/dev/null
+
+.PHONY: control-plane
+control-plane: ## Start (or reuse) the local control plane; prints the kubeconfig path.
+	@$(CONTROL_PLANE) up
+
+.PHONY: control-plane-down
+control-plane-down: ## Stop the local control plane and remove its state.
+	@$(CONTROL_PLANE) down
+
+##@ Development
+
+.PHONY: fmt
+fmt: ## Format the code.
+	$(CARGO) fmt --all
+
+.PHONY: fmt-check
+fmt-check: ## Fail when the code is not formatted.
+	$(CARGO) fmt --all -- --check
+
+.PHONY: lint
+lint: ## Clippy over every crate and target, warnings denied.
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: build
+build: ## Build every binary (release).
+	$(CARGO) build --workspace --release
+
+.PHONY: test
+test: tools fmt-check lint ## Format check, lint, unit and integration tests (starts the control plane).
+	@start=$$(date +%s); kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); \
+	  echo "control plane ready in $$(( $$(date +%s) - start ))s: $$kubeconfig" >&2; \
+	  start=$$(date +%s); \
+	  NUOP_TEST_KUBECONFIG="$$kubeconfig" $(CARGO) test --workspace --no-fail-fast; \
+	  echo "tests took $$(( $$(date +%s) - start ))s" >&2
+
+.PHONY: test-unit
+test-unit: tools ## Unit tests only (no control plane).
+	$(CARGO) test --workspace --lib --bins
+
+##@ Demo and benchmarks
+
+.PHONY: demo
+demo: tools ## Local control plane + nuop-standard with the example scripts, reconciling sample objects.
+	hack/demo
+
+.PHONY: bench
+bench: tools ## Per-call cost of each executor (criterion), with their ratio.
+	$(CARGO) bench -p nuop-core --bench executors
+
+##@ Deployment
+
+.PHONY: manifests
+manifests: ## Regenerate the CRD YAML under config/crd/bases from the Rust types.
+	$(CARGO) run -q -p nuop-crd --bin crdgen > config/crd/bases/nuop.dev_nuoperators.yaml
+
+.PHONY: docker-build
+docker-build: ## Build the manager and managed images (needs a Docker engine).
+	docker build -f Dockerfile.manager -t $(IMG_MANAGER) .
+	docker build -f Dockerfile.managed -t $(IMG_MANAGED) .
+
+.PHONY: deploy
+deploy: ## Apply config/default to the cluster in the current kubeconfig.
+	kubectl apply -k config/default

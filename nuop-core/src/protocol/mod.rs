@@ -1,0 +1,58 @@
+//! The script contract, as pure functions: what `config` may answer, what exit codes
+//! mean, how stdout is read, and which fields a desired object must keep.
+//!
+//! No I/O here; the executors in [`crate::script`] produce the raw text and codes that
+//! these functions interpret.
+
+mod config;
+mod outcome;
+
+pub use config::{
+    ConfigError, ConfigProblem, DEFAULT_REQUEUE_AFTER_CHANGE, DEFAULT_REQUEUE_AFTER_NOOP,
+    DEFAULT_TIMEOUT, ScriptConfig, parse_config_text, parse_config_value, parse_document,
+};
+pub use outcome::{
+    IdentityError, Outcome, OutputError, ScriptOutput, check_identity, classify_output,
+};
+
+/// The subcommand of a script's `mod.nu` that a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// `main config`: the controller's metadata.
+    Config,
+    /// `main reconcile`: bring one object to its desired state.
+    Reconcile,
+    /// `main finalize`: clean up before an object carrying our finalizer goes.
+    Finalize,
+}
+
+impl Phase {
+    /// Every phase, in the order a controller uses them.
+    pub const ALL: [Phase; 3] = [Phase::Config, Phase::Reconcile, Phase::Finalize];
+
+    /// The subcommand name, as scripts and `NUOP_PHASE` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Reconcile => "reconcile",
+            Self::Finalize => "finalize",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Phase {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown phase `{s}`: expected config, reconcile or finalize"))
+    }
+}

@@ -1,0 +1,205 @@
+//! Support for tests that run against the real local control plane.
+//!
+//! Does I/O. [`TestEnv::new`] connects to the control plane named by
+//! `NUOP_TEST_KUBECONFIG`, or starts one with `hack/control-plane up` once per test
+//! process, and gives each test its own namespace so tests run in parallel without
+//! seeing each other. A test that cannot get a control plane panics with the reason: it
+//! never passes silently. Compiled into the library (it is small) so every crate's tests
+//! can use it without a feature dance.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// Environment variable naming an admin kubeconfig for tests; `make test` sets it.
+pub const KUBECONFIG_ENV: &str = "NUOP_TEST_KUBECONFIG";
+
+/// The repository root (where `hack/` lives), found from this crate's manifest dir.
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|p| p.join("hack/control-plane").is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
+}
+
+/// The admin kubeconfig of the local control plane, starting it if needed (once per
+/// process).
+///
+/// # Panics
+/// When no control plane can be had; the message says why.
+pub fn kubeconfig_path() -> PathBuf {
+    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PATH.get_or_init(find_or_start_control_plane)
+        .clone()
+        .unwrap_or_else(|why| panic!("this test needs the local control plane: {why}"))
+}
+
+fn find_or_start_control_plane() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(KUBECONFIG_ENV).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "{KUBECONFIG_ENV}={} does not exist",
+                path.display()
+            ))
+        };
+    }
+    let script = repo_root().join("hack/control-plane");
+    let output = Command::new(&script)
+        .arg("up")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`{} up` failed ({}):\n{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default().trim();
+    if last.is_empty() || !Path::new(last).is_file() {
+        return Err(format!(
+            "`{} up` printed no kubeconfig path; stdout was:\n{stdout}",
+            script.display()
+        ));
+    }
+    Ok(PathBuf::from(last))
+}
+
+/// A kube client for the local control plane.
+///
+/// # Panics
+/// When the control plane cannot be reached; the message says why.
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", path.display()));
+    Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a kube client: {e}"))
+}
+
+/// A test's own namespace on the local control plane, deleted when dropped.
+pub struct TestEnv {
+    /// A client for the control plane.
+    pub client: Client,
+    /// The namespace this test owns.
+    pub namespace: String,
+}
+
+impl TestEnv {
+    /// Connects and creates a fresh namespace named after `test` (plus a random suffix).
+    ///
+    /// # Panics
+    /// When the control plane is unavailable or the namespace cannot be created.
+    pub async fn new(test: &str) -> Self {
+        let client = client().await;
+        let namespace = format!("{}-{}", sanitize(test), random_suffix());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.clone()),
+                labels: Some([("nuop.dev/test".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test namespace {namespace}: {e}"));
+        Self { client, namespace }
+    }
+
+    /// A namespaced API in this test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Deletion is asynchronous and best effort: the namespace carries a test label,
+        // and `hack/control-plane down` removes everything anyway.
+        let client = self.client.clone();
+        let namespace = self.namespace.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = Api::<Namespace>::all(client)
+                    .delete(&namespace, &DeleteParams::background())
+                    .await;
+            });
+        }
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    out.truncate(40);
+    out.trim_matches('-').to_string()
+}
+
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{:06x}", h.finish() & 0xff_ffff)
+}
+
+/// The `nu` binary for tests of the process executor: `$NUOP_NU` (set by the Makefile)
+/// or the one `make tools` installs.
+///
+/// # Panics
+/// When neither exists: tests of the process executor must not pass without `nu`.
+pub fn nu_binary() -> PathBuf {
+    let candidate = std::env::var_os(crate::script::process::NU_BINARY_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools/node_modules/@nushell/linux-x64/bin/nu"));
+    assert!(
+        candidate.is_file(),
+        "this test needs the `nu` binary at {} (run `make tools`, or set NUOP_NU)",
+        candidate.display()
+    );
+    candidate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_names_are_valid_labels() {
+        assert_eq!(sanitize("Creates_A::ConfigMap"), "creates-a--configmap");
+        assert!(sanitize(&"x".repeat(100)).len() <= 40);
+        assert_eq!(random_suffix().len(), 6);
+    }
+}
