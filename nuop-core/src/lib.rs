@@ -3,10 +3,17 @@
 //! - [`protocol`]: the script contract as pure functions (config, exit codes, output).
 //! - [`script`]: discovering scripts and running them with the embedded Nushell engine
 //!   or as `nu` child processes.
+//! - [`reconcile`]: the per-object pipeline (finalizer, script, write-back, events).
+//! - [`controller`]: one kube-runtime controller per script.
+//! - [`standard`]: standard mode, one controller per script under a root.
 //! - [`devtools`]: `check` and `exec` for script authors.
 //! - [`testing`]: connecting tests to the real local control plane.
 
+pub mod controller;
 pub mod devtools;
 pub mod protocol;
+pub mod reconcile;
 pub mod script;
+pub mod standard;
+pub mod telemetry;
 pub mod testing;

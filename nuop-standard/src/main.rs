@@ -7,15 +7,29 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use nuop_core::controller::{ControllerOptions, shutdown_signal};
 use nuop_core::protocol::Phase;
 use nuop_core::script::ExecutorKind;
 
-/// Kubernetes controllers written as Nushell scripts.
+/// Kubernetes controllers written as Nushell scripts: one controller per
+/// `<scripts>/*/mod.nu`.
 #[derive(Parser, Debug)]
 #[command(name = "nuop-standard", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// The scripts root: every `<DIR>/*/mod.nu` is a controller.
+    #[arg(long, env = "NUOP_SCRIPT_PATH", default_value = "/scripts")]
+    scripts: PathBuf,
+    /// Executor for the scripts.
+    #[arg(long, env = "NUOP_EXECUTOR", default_value = "embedded")]
+    executor: ExecutorKind,
+    /// Reconciles of one controller that may run at once.
+    #[arg(long, env = "NUOP_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Log format: plain or json.
+    #[arg(long, env = "NUOP_LOG_FORMAT", default_value = "plain")]
+    log_format: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -23,11 +37,7 @@ enum Command {
     /// Load every `<DIR>/*/mod.nu`, run `config`, and print one line per controller.
     Check {
         /// The scripts root.
-        #[arg(env = "NUOP_SCRIPT_PATH", default_value = "/scripts")]
         dir: PathBuf,
-        /// Executor to load the scripts with.
-        #[arg(long, env = "NUOP_EXECUTOR", default_value = "embedded")]
-        executor: ExecutorKind,
     },
     /// Run one phase of one script on an object read from stdin (YAML or JSON).
     Exec {
@@ -35,9 +45,6 @@ enum Command {
         dir: PathBuf,
         /// reconcile, finalize or config.
         phase: Phase,
-        /// Executor to run the script with.
-        #[arg(long, env = "NUOP_EXECUTOR", default_value = "embedded")]
-        executor: ExecutorKind,
         /// Seconds the call may run (default: 30).
         #[arg(long)]
         timeout: Option<f64>,
@@ -49,30 +56,46 @@ async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
     match cli.command {
-        Command::Check { dir, executor } => {
-            let broken = nuop_core::devtools::check(&dir, executor, &mut out, &mut err).await?;
+        Some(Command::Check { dir }) => {
+            let broken = nuop_core::devtools::check(&dir, cli.executor, &mut out, &mut err).await?;
             Ok(if broken == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
         }
-        Command::Exec {
+        Some(Command::Exec {
             dir,
             phase,
-            executor,
             timeout,
-        } => {
+        }) => {
             let mut input = String::new();
             if phase != Phase::Config {
                 std::io::stdin().read_to_string(&mut input)?;
             }
             let timeout = timeout.map(Duration::from_secs_f64);
             let code = nuop_core::devtools::exec(
-                &dir, phase, executor, timeout, &input, &mut out, &mut err,
+                &dir,
+                phase,
+                cli.executor,
+                timeout,
+                &input,
+                &mut out,
+                &mut err,
             )
             .await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        None => {
+            drop((out, err));
+            nuop_core::telemetry::init_logs(&cli.log_format).map_err(anyhow::Error::msg)?;
+            let client = kube::Client::try_default().await?;
+            let shutdown = shutdown_signal(nuop_core::telemetry::termination());
+            let options = ControllerOptions {
+                concurrency: cli.concurrency,
+            };
+            nuop_core::standard::run(client, &cli.scripts, cli.executor, options, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
