@@ -60,10 +60,11 @@ build: ## Build every binary (release).
 .PHONY: test
 test: tools fmt-check lint ## Format check, lint, unit and integration tests (starts the control plane).
 	@start=$$(date +%s); kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); \
-	  echo "control plane ready in $$(( $$(date +%s) - start ))s: $$kubeconfig" >&2; \
+	  echo "make test: control plane (build if needed + start) took $$(( $$(date +%s) - start ))s: $$kubeconfig" >&2; \
+	  eval "$$($(CONTROL_PLANE) env)"; \
 	  start=$$(date +%s); \
 	  NUOP_TEST_KUBECONFIG="$$kubeconfig" $(CARGO) test --workspace --no-fail-fast; \
-	  echo "tests took $$(( $$(date +%s) - start ))s" >&2
+	  echo "make test: cargo test took $$(( $$(date +%s) - start ))s" >&2
 
 .PHONY: test-unit
 test-unit: tools ## Unit tests only (no control plane).
