@@ -192,6 +192,106 @@ pub fn nu_binary() -> PathBuf {
     candidate
 }
 
+/// A script controller running in-process against the test's namespace; stopped when
+/// dropped.
+pub struct RunningController {
+    /// The directory holding the script (`<dir>/<name>/mod.nu`).
+    pub dir: tempfile::TempDir,
+    /// The script's config, with the watch narrowed to the test namespace.
+    pub config: crate::protocol::ScriptConfig,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl RunningController {
+    /// The script's directory.
+    pub fn script_dir(&self) -> PathBuf {
+        self.dir.path().join(&self.config.name)
+    }
+
+    /// Stops the controller and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.handle).await;
+    }
+}
+
+impl Drop for RunningController {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl TestEnv {
+    /// Writes `source` as `<tmp>/<name>/mod.nu`, loads it with `kind`, narrows its watch
+    /// to this test's namespace and runs its controller in the background.
+    ///
+    /// # Panics
+    /// When the script does not load or its config is invalid.
+    pub async fn run_script(
+        &self,
+        name: &str,
+        source: &str,
+        kind: crate::script::ExecutorKind,
+    ) -> RunningController {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script_dir = dir.path().join(name);
+        std::fs::create_dir(&script_dir).expect("script dir");
+        std::fs::write(script_dir.join("mod.nu"), source).expect("write script");
+        let script = crate::script::Script::at(&script_dir);
+        let runner = crate::script::ScriptRunner::load_with(kind, &script, nu_binary())
+            .unwrap_or_else(|e| panic!("script {name} does not load: {e}"));
+        let mut config = runner
+            .config(crate::protocol::DEFAULT_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("script {name} has no valid config: {e}"));
+        config.namespaces = vec![self.namespace.clone()];
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = crate::controller::shutdown_signal(async move {
+            let _ = stopped.await;
+        });
+        let handle = tokio::spawn(crate::controller::run(
+            self.client.clone(),
+            config.clone(),
+            runner,
+            crate::controller::ControllerOptions::default(),
+            shutdown,
+        ));
+        RunningController {
+            dir,
+            config,
+            stop: Some(stop),
+            handle,
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `limit` saying
+/// what was awaited.
+///
+/// # Panics
+/// When `limit` passes first.
+pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
