@@ -22,7 +22,7 @@ struct Cli {
     #[arg(long, env = "NUOP_SCRIPT_PATH", default_value = "/scripts")]
     scripts: PathBuf,
     /// Executor for the scripts.
-    #[arg(long, env = "NUOP_EXECUTOR", default_value = "embedded")]
+    #[arg(long, global = true, env = "NUOP_EXECUTOR", default_value = "embedded")]
     executor: ExecutorKind,
     /// Reconciles of one controller that may run at once.
     #[arg(long, env = "NUOP_CONCURRENCY", default_value_t = 8)]

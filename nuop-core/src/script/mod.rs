@@ -36,8 +36,10 @@ pub struct Script {
 
 impl Script {
     /// A script rooted at `dir` with the conventional entry point.
+    /// Relative paths are made absolute: the engine's `$env.PWD` and `source` need them.
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         let dir: PathBuf = dir.into();
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

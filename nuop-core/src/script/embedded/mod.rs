@@ -108,9 +108,15 @@ impl EmbeddedScript {
         // Top-level statements (`use`, `const`, `$env.X = ...`) run once, as `nu mod.nu`
         // would run them before `main`.
         let mut stack = Stack::new();
-        let run =
-            eval_block::<WithoutDebug>(&engine, &mut stack, &top_level, PipelineData::empty())
-                .and_then(|data| data.body.drain());
+        let run = match eval_block::<WithoutDebug>(
+            &engine,
+            &mut stack,
+            &top_level,
+            PipelineData::empty(),
+        ) {
+            Ok(data) => data.body.drain(),
+            Err(error) => Err(error),
+        };
         if let Err(error) = run {
             return Err(LoadError::Eval {
                 path: script.entry.clone(),
@@ -369,8 +375,10 @@ fn evaluate(
         None => PipelineData::empty(),
     };
 
-    let result = eval_block::<WithoutDebug>(engine, &mut stack, block, input)
-        .and_then(|data| data.body.into_value(span));
+    let result = match eval_block::<WithoutDebug>(engine, &mut stack, block, input) {
+        Ok(data) => data.body.into_value(span),
+        Err(error) => Err(error),
+    };
     match result {
         Ok(value) => Evaluated::Finished {
             code: 0,
