@@ -17,6 +17,8 @@ use kube::runtime::{Controller, controller, watcher};
 use kube::{Api, Client};
 use tracing::{debug, info, warn};
 
+use crate::health::Readiness;
+use crate::metrics::METRICS;
 use crate::protocol::ScriptConfig;
 use crate::reconcile::{Context, discovery_retry_delay, error_policy, reconcile};
 use crate::script::ScriptRunner;
@@ -26,13 +28,21 @@ use crate::script::ScriptRunner;
 pub struct ControllerOptions {
     /// Reconciles of one controller that may run at once.
     pub concurrency: u16,
+    /// Where controllers report that their first list completed.
+    pub readiness: Arc<Readiness>,
 }
 
 impl Default for ControllerOptions {
     fn default() -> Self {
-        Self { concurrency: 8 }
+        Self {
+            concurrency: 8,
+            readiness: Readiness::new(),
+        }
     }
 }
+
+/// How often the cached-objects gauge is refreshed.
+const CACHE_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A future that resolves once shutdown starts; cloned into every controller.
 pub type Shutdown = Shared<BoxFuture<'static, ()>>;
@@ -79,6 +89,8 @@ pub async fn run(
     options: ControllerOptions,
     shutdown: Shutdown,
 ) {
+    // Registered before discovery: a kind that is not served yet keeps the process unready.
+    options.readiness.register(&config.name);
     let Some((resource, caps)) = resolve_kind(&client, &config, shutdown.clone()).await else {
         return;
     };
@@ -121,11 +133,23 @@ pub async fn run(
         namespaced,
         has_status,
     ));
-    let runs = apis.into_iter().map(|api| {
-        Controller::new_with(api, watcher_config.clone(), resource.clone())
-            .with_config(controller::Config::default().concurrency(options.concurrency))
-            .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile, error_policy, ctx.clone())
+    let controllers: Vec<_> = apis
+        .into_iter()
+        .map(|api| {
+            Controller::new_with(api, watcher_config.clone(), resource.clone())
+                .with_config(controller::Config::default().concurrency(options.concurrency))
+                .graceful_shutdown_on(shutdown.clone())
+        })
+        .collect();
+    let stores: Vec<_> = controllers.iter().map(Controller::store).collect();
+    tokio::spawn(report_cache(
+        name.clone(),
+        stores,
+        options.readiness.clone(),
+        shutdown.clone(),
+    ));
+    let runs = controllers.into_iter().map(|c| {
+        c.run(reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {
                 match result {
                     Ok((object, action)) => debug!(object = %object, ?action, "reconciled"),
@@ -137,4 +161,28 @@ pub async fn run(
     });
     futures::future::join_all(runs).await;
     info!(controller = %name, "controller stopped");
+}
+
+/// Marks the controller ready once every store has its first list, then keeps the
+/// cached-objects gauge current until shutdown.
+async fn report_cache(
+    name: String,
+    stores: Vec<kube::runtime::reflector::Store<DynamicObject>>,
+    readiness: Arc<Readiness>,
+    shutdown: Shutdown,
+) {
+    let ready = futures::future::join_all(stores.iter().map(|s| s.wait_until_ready()));
+    tokio::select! {
+        _ = ready => readiness.mark_synced(&name),
+        () = shutdown.clone() => return,
+    }
+    info!(controller = %name, "watch synced");
+    let gauge = METRICS.objects.with_label_values(&[name.as_str()]);
+    loop {
+        gauge.set(stores.iter().map(|s| s.state().len()).sum::<usize>() as i64);
+        tokio::select! {
+            () = tokio::time::sleep(CACHE_GAUGE_INTERVAL) => {}
+            () = shutdown.clone() => return,
+        }
+    }
 }

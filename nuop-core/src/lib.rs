@@ -6,11 +6,14 @@
 //! - [`reconcile`]: the per-object pipeline (finalizer, script, write-back, events).
 //! - [`controller`]: one kube-runtime controller per script.
 //! - [`standard`]: standard mode, one controller per script under a root.
+//! - [`health`], [`metrics`]: probes and Prometheus metrics.
 //! - [`devtools`]: `check` and `exec` for script authors.
 //! - [`testing`]: connecting tests to the real local control plane.
 
 pub mod controller;
 pub mod devtools;
+pub mod health;
+pub mod metrics;
 pub mod protocol;
 pub mod reconcile;
 pub mod script;

@@ -19,6 +19,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 use tracing::{Instrument, info, warn};
 
+use crate::metrics::METRICS;
 use crate::protocol::{
     Outcome, Phase, ScriptConfig, ScriptOutput, check_identity, classify_output,
 };
@@ -146,10 +147,23 @@ pub async fn reconcile(
     );
     async move {
         let key = object_key(&value);
+        let controller = ctx.config.name.as_str();
+        let in_flight = METRICS.in_flight.with_label_values(&[controller]);
+        in_flight.inc();
+        let timer = METRICS
+            .reconcile_duration
+            .with_label_values(&[controller])
+            .start_timer();
         let result = reconcile_with_retries(value.clone(), &ctx).await;
+        timer.observe_duration();
+        in_flight.dec();
         match &result {
             Ok(_) => ctx.backoff.succeeded(&key),
             Err(error) => {
+                METRICS
+                    .errors
+                    .with_label_values(&[controller, error.category()])
+                    .inc();
                 warn!(category = error.category(), "reconcile failed: {error}");
                 publish(
                     &ctx,

@@ -73,12 +73,19 @@ impl std::str::FromStr for ExecutorKind {
     }
 }
 
-impl std::fmt::Display for ExecutorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl ExecutorKind {
+    /// The name used in flags and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Embedded => "embedded",
             Self::Process => "process",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -227,6 +234,14 @@ impl ScriptRunner {
             ExecutorKind::Process => Ok(Self::Process(process::ProcessScript::load_with(
                 script, nu,
             )?)),
+        }
+    }
+
+    /// Which executor this runner uses.
+    pub fn kind(&self) -> ExecutorKind {
+        match self {
+            Self::Embedded(_) => ExecutorKind::Embedded,
+            Self::Process(_) => ExecutorKind::Process,
         }
     }
 

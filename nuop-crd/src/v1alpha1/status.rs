@@ -1,0 +1,123 @@
+//! The `NuOperator` status, written by the manager (conditions, replicas) and by the
+//! managed pods (sources, mappings), and the condition types it uses. Pure data.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition type: every mapping's controller runs and the Deployment is available.
+pub const CONDITION_READY: &str = "Ready";
+
+/// Condition type: the Deployment is rolling out a new spec or new scripts.
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+
+/// Condition type: something needs attention (a failed fetch, a script that does not
+/// load, a Deployment that cannot become available); the message says what.
+pub const CONDITION_DEGRADED: &str = "Degraded";
+
+/// What the manager and the managed pods last observed of a `NuOperator`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NuOperatorStatus {
+    /// Ready, Progressing and Degraded, one entry per type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Pods of the managed Deployment that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// One entry per source, in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceStatus>,
+
+    /// One entry per mapping, in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub mappings: Vec<MappingStatus>,
+}
+
+/// What the managed pods last fetched from a source.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// The source's `location`, as in the spec.
+    pub location: String,
+
+    /// The commit in use; the last good one when a later fetch failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+
+    /// When the source was last fetched successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+
+    /// Why the last fetch failed; absent once a fetch succeeds. Never holds credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Whether a mapping's controller runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MappingStatus {
+    /// The mapping's `name`, as in the spec.
+    pub name: String,
+
+    /// Whether its controller is running.
+    #[serde(default)]
+    pub running: bool,
+
+    /// Why it does not run (no such script, a `config` that fails), or a short note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl NuOperatorStatus {
+    /// The condition of type `type_`, if any.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Whether the Ready condition is `True`.
+    pub fn is_ready(&self) -> bool {
+        self.condition(CONDITION_READY)
+            .is_some_and(|c| c.status == "True")
+    }
+
+    /// Sets a condition, replacing the one of the same type.
+    ///
+    /// Keeps the old `lastTransitionTime` when the status did not change, as the API
+    /// conventions ask, so that re-asserting a condition on every reconcile does not look
+    /// like a transition. Returns whether anything changed.
+    pub fn set_condition(&mut self, condition: Condition) -> bool {
+        match self
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == condition.type_)
+        {
+            Some(existing) => {
+                let mut condition = condition;
+                if existing.status == condition.status {
+                    condition
+                        .last_transition_time
+                        .clone_from(&existing.last_transition_time);
+                }
+                if *existing == condition {
+                    return false;
+                }
+                *existing = condition;
+                true
+            }
+            None => {
+                self.conditions.push(condition);
+                true
+            }
+        }
+    }
+}
