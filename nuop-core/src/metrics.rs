@@ -14,7 +14,7 @@ use prometheus::{
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
-    /// Reconciles by controller and outcome (no_change, changed, error).
+    /// Reconciles by controller and outcome (no_change, changed, finalized, error).
     pub reconciles: IntCounterVec,
     /// Reconcile duration in seconds, by controller.
     pub reconcile_duration: HistogramVec,

@@ -101,6 +101,12 @@ pub async fn run(
         warn!("no valid controller scripts under {}", root.display());
     }
     info!(executor = %kind, controllers = loaded.len(), rejected = rejected.len(), "standard mode starting");
+    // Every controller counts for readiness from now on, even before its task runs;
+    // then the "controllers starting" blocker the runtime set can go.
+    for script in &loaded {
+        options.readiness.register(&script.config.name);
+    }
+    options.readiness.block(None);
     let runs = loaded.into_iter().map(|script| {
         tokio::spawn(controller::run(
             client.clone(),

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nuop_core::controller::{ControllerOptions, shutdown_signal};
+use nuop_core::health::Readiness;
 use nuop_core::protocol::Phase;
+use nuop_core::runtime::{OperateArgs, Stopped, operate};
 use nuop_core::script::ExecutorKind;
 
 /// Kubernetes controllers written as Nushell scripts: one controller per
@@ -27,9 +29,11 @@ struct Cli {
     /// Reconciles of one controller that may run at once.
     #[arg(long, env = "NUOP_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
-    /// Log format: plain or json.
+    /// Log format: plain or json (filter with RUST_LOG, e.g. `info,nuop_core=debug`).
     #[arg(long, env = "NUOP_LOG_FORMAT", default_value = "plain")]
     log_format: String,
+    #[command(flatten)]
+    operate: OperateArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,24 +55,30 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+/// The Lease name used when `--leader-election-id` is not given.
+const DEFAULT_LEADER_ELECTION_ID: &str = "nuop-standard";
+
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
-        Some(Command::Check { dir }) => {
+        Some(Command::Check { dir }) => runtime.block_on(async {
+            let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
             let broken = nuop_core::devtools::check(&dir, cli.executor, &mut out, &mut err).await?;
             Ok(if broken == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
-        }
+        }),
         Some(Command::Exec {
             dir,
             phase,
             timeout,
-        }) => {
+        }) => runtime.block_on(async {
+            let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
             let mut input = String::new();
             if phase != Phase::Config {
                 std::io::stdin().read_to_string(&mut input)?;
@@ -85,17 +95,63 @@ async fn main() -> anyhow::Result<ExitCode> {
             )
             .await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
-        }
+        }),
         None => {
-            drop((out, err));
-            nuop_core::telemetry::init_logs(&cli.log_format).map_err(anyhow::Error::msg)?;
-            let client = kube::Client::try_default().await?;
-            let shutdown = shutdown_signal(nuop_core::telemetry::termination());
-            let options = ControllerOptions {
-                concurrency: cli.concurrency,
+            let options = cli
+                .operate
+                .resolve(DEFAULT_LEADER_ELECTION_ID)
+                .map_err(anyhow::Error::msg)?;
+            let telemetry = nuop_core::telemetry::init("nuop-standard", &cli.log_format)
+                .map_err(anyhow::Error::msg)?;
+            let result = runtime.block_on(async {
+                let client = kube::Client::try_default().await?;
+                let readiness = Readiness::new();
+                let termination = shutdown_signal(nuop_core::telemetry::termination());
+                let controller_options = ControllerOptions {
+                    concurrency: cli.concurrency,
+                    readiness: readiness.clone(),
+                };
+                let scripts = cli.scripts.clone();
+                let executor = cli.executor;
+                let run = operate(
+                    client.clone(),
+                    options,
+                    readiness,
+                    termination,
+                    move |stop| async move {
+                        nuop_core::standard::run(
+                            client,
+                            &scripts,
+                            executor,
+                            controller_options,
+                            stop,
+                        )
+                        .await
+                        .map_err(|e| {
+                            format!("cannot read the scripts root {}: {e}", scripts.display())
+                        })
+                    },
+                )
+                .await;
+                anyhow::Ok(run)
+            });
+            // Flush buffered spans before leaving; the runtime is not dropped: a script
+            // call cancelled at the shutdown timeout may still occupy a blocking thread.
+            telemetry.shutdown();
+            let code = match result {
+                Ok(Ok(Stopped::Drained | Stopped::TimedOut)) => 0,
+                // Includes a lost lease: exit non-zero at once so the pod restarts as a
+                // standby instead of reconciling next to the new leader.
+                Ok(Err(e)) => {
+                    eprintln!("nuop-standard: {e}");
+                    1
+                }
+                Err(e) => {
+                    eprintln!("nuop-standard: {e:#}");
+                    1
+                }
             };
-            nuop_core::standard::run(client, &cli.scripts, cli.executor, options, shutdown).await?;
-            Ok(ExitCode::SUCCESS)
+            std::process::exit(code);
         }
     }
 }

@@ -160,6 +160,7 @@ pub async fn reconcile(
         match &result {
             Ok(_) => ctx.backoff.succeeded(&key),
             Err(error) => {
+                count(controller, "error");
                 METRICS
                     .errors
                     .with_label_values(&[controller, error.category()])
@@ -259,7 +260,10 @@ async fn reconcile_once(object: &Value, ctx: &Context) -> Result<Action, Reconci
 async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, ReconcileError> {
     let result = call_script(ctx, Phase::Reconcile, object).await?;
     match Outcome::from_exit_code(result.code) {
-        Outcome::NoChange => Ok(Action::requeue(ctx.config.requeue_after_noop)),
+        Outcome::NoChange => {
+            count(&ctx.config.name, "no_change");
+            Ok(Action::requeue(ctx.config.requeue_after_noop))
+        }
         Outcome::Failed(code) => Err(ReconcileError::ScriptFailed {
             code,
             stderr: tail(&result.stderr.text),
@@ -274,6 +278,7 @@ async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, Reconcil
                 ScriptOutput::Logs(text) => log_lines("stdout", &text),
                 ScriptOutput::Empty => {}
             }
+            count(&ctx.config.name, "changed");
             Ok(Action::requeue(ctx.config.requeue_after_change))
         }
     }
@@ -312,7 +317,16 @@ async fn run_finalize(object: &Value, ctx: &Context) -> Result<Action, Reconcile
         )
         .await;
     }
+    count(&ctx.config.name, "finalized");
     Ok(Action::await_change())
+}
+
+/// Counts a finished reconcile by its outcome (no_change, changed, finalized, error).
+fn count(controller: &str, outcome: &str) {
+    METRICS
+        .reconciles
+        .with_label_values(&[controller, outcome])
+        .inc();
 }
 
 async fn call_script(
@@ -320,6 +334,11 @@ async fn call_script(
     phase: Phase,
     object: &Value,
 ) -> Result<CallResult, ReconcileError> {
+    let executor = ctx.runner.kind().to_string();
+    let timer = METRICS
+        .script_duration
+        .with_label_values(&[ctx.config.name.as_str(), phase.as_str(), executor.as_str()])
+        .start_timer();
     let result = ctx
         .runner
         .call(CallRequest {
@@ -328,7 +347,15 @@ async fn call_script(
             controller: ctx.config.name.clone(),
             timeout: ctx.config.timeout,
         })
-        .await?;
+        // One span per script call, inside the reconcile's span (exported as a trace).
+        .instrument(tracing::info_span!(
+            "script",
+            phase = phase.as_str(),
+            executor = %executor
+        ))
+        .await;
+    timer.observe_duration();
+    let result = result?;
     log_lines("stderr", &result.stderr.with_note());
     Ok(result)
 }
