@@ -85,10 +85,6 @@ fn example(name: &str) -> String {
     let path = repo_root().join("examples").join(name).join("mod.nu");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read example {}: {e}", path.display()))
-        .replace(
-            &std::env::var("MUT_FROM").unwrap_or("@@@@".into()),
-            &std::env::var("MUT_TO").unwrap_or_default(),
-        )
 }
 
 fn strings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
