@@ -1,6 +1,6 @@
 //! The `NuOperator` custom resource (`nuop.dev/v1alpha1`) and its CRD.
 //!
-//! Pure data, no I/O. A `NuOperator` asks the manager (`nuop-manager`) to run a
+//! Pure data, apart from [`install`]. A `NuOperator` asks the manager (`nuop-manager`) to run a
 //! `nuop-managed` Deployment in its namespace that fetches Nushell scripts from git
 //! [`Source`]s and starts one controller per [`Mapping`]. The spec keeps the field names
 //! of the original nuop (`image`, `serviceAccountName`, `sources`, `mappings` with
@@ -13,10 +13,15 @@
 //! rejects a bad CR with a 422 before any controller sees it.
 //!
 //! Versions live in their own modules ([`v1alpha1`]); the current one is re-exported at
-//! the crate root.
+//! the crate root. [`managed`] is the file the manager hands to each `nuop-managed`
+//! Deployment. [`install`] (the one module that does I/O) applies the CRD to a cluster
+//! and waits until it is served.
 
+pub mod install;
+pub mod managed;
 pub mod v1alpha1;
 
+pub use managed::{MANAGED_CONFIG_KEY, ManagedConfig, OperatorRef};
 pub use v1alpha1::*;
 
 /// The CRD's name, `<plural>.<group>`.

@@ -32,6 +32,9 @@ pub const MAX_REQUEUE_SECONDS: u64 = 604_800;
 /// The manager keeps a ConfigMap with the sources and mappings and a Deployment running
 /// `nuop-managed` under `serviceAccountName` in step with this spec. The managed pods
 /// fetch every source, and start one controller per mapping.
+// Two printer columns share `type_ = "string"`, which clippy takes for a repeated
+// attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "nuop.dev",
@@ -82,9 +85,10 @@ pub struct NuOperatorSpec {
     pub sources: Vec<Source>,
 
     /// Which scripts to run and what each watches: one controller per mapping. Names
-    /// are unique.
+    /// must be unique; the manager checks that (and reports duplicates as Degraded)
+    /// rather than the schema, because the original nuop's CRD accepted them and a
+    /// `listType: map` would turn such a CR into a hard API error on upgrade.
     #[schemars(length(min = 1, max = 64))]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub mappings: Vec<Mapping>,
 
     /// Environment variables of the managed container (and so of the scripts).
