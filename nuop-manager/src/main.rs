@@ -1,9 +1,66 @@
-//! `nuop-manager`: not implemented yet. It exits with an error rather than pretending to
-//! run, so a deployment of it fails loudly.
+//! `nuop-manager`: turns `NuOperator` custom resources into `nuop-managed` Deployments.
+//! Parses arguments, starts logging and hands over to [`nuop_manager::run`] under the
+//! shared operational runtime (probes, metrics, leader election, graceful shutdown).
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!("nuop-manager is not implemented yet; use nuop-standard");
-    ExitCode::FAILURE
+use clap::Parser;
+use nuop_core::controller::shutdown_signal;
+use nuop_core::health::Readiness;
+use nuop_core::runtime::{OperateArgs, operate};
+use nuop_manager::Options;
+use nuop_manager::build::Settings;
+
+/// The managed image a NuOperator without `spec.image` runs.
+const DEFAULT_MANAGED_IMAGE: &str =
+    concat!("ghcr.io/nuop-dev/nuop-managed:v", env!("CARGO_PKG_VERSION"));
+
+/// Keeps a `nuop-managed` Deployment in step with every NuOperator.
+#[derive(Parser, Debug)]
+#[command(name = "nuop-manager", version, about)]
+struct Cli {
+    /// Watch NuOperators in this namespace only [default: every namespace].
+    #[arg(long, env = "NUOP_NAMESPACE")]
+    namespace: Option<String>,
+    /// Image of the managed Deployments when a NuOperator names none.
+    #[arg(long, env = "NUOP_DEFAULT_IMAGE", default_value = DEFAULT_MANAGED_IMAGE)]
+    default_image: String,
+    /// NuOperators reconciled at once.
+    #[arg(long, env = "NUOP_CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+    /// Log format: plain or json.
+    #[arg(long, env = "NUOP_LOG_FORMAT", default_value = "plain")]
+    log_format: String,
+    #[command(flatten)]
+    operate: OperateArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    nuop_core::telemetry::init_logs(&cli.log_format).map_err(anyhow::Error::msg)?;
+    let runtime = cli
+        .operate
+        .resolve("nuop-manager")
+        .map_err(anyhow::Error::msg)?;
+    let client = kube::Client::try_default().await?;
+    let readiness = Readiness::new();
+    let options = Options {
+        namespace: cli.namespace,
+        settings: Settings {
+            default_image: cli.default_image,
+        },
+        concurrency: cli.concurrency,
+        readiness: readiness.clone(),
+    };
+    let controller_client = client.clone();
+    operate(
+        client,
+        runtime,
+        readiness,
+        shutdown_signal(nuop_core::telemetry::termination()),
+        move |shutdown| nuop_manager::run(controller_client, options, shutdown),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }

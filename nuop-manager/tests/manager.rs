@@ -1,0 +1,305 @@
+//! The manager against the real control plane (`hack/control-plane`: etcd,
+//! kube-apiserver and kube-controller-manager, so the garbage collector runs; no
+//! kubelet, so pods never start). Each test gets its own namespace and runs its own
+//! manager in-process, restricted to that namespace.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use nuop_core::controller::shutdown_signal;
+use nuop_core::health::Readiness;
+use nuop_core::testing::{TestEnv, eventually};
+use nuop_crd::{Mapping, NuOperator, NuOperatorStatus, Source};
+use nuop_manager::build::{CONFIG_HASH_ANNOTATION, Settings, config_hash};
+use nuop_manager::{Options, run};
+use serde_json::json;
+
+/// Generous: the garbage collector of a freshly started kube-controller-manager needs
+/// a few seconds to sync before it removes anything.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// For the garbage collector alone: other tests on the same control plane create and
+/// delete CRDs, and each change makes kube-controller-manager resync its monitors;
+/// while one of them cannot sync (its CRD just went away) the collector waits, for up
+/// to a minute or more in the logs seen.
+const GC_LIMIT: Duration = Duration::from_secs(180);
+
+const IMAGE: &str = "registry.invalid/nuop-managed:test";
+
+/// A manager running in the background for one test's namespace; stopped when dropped.
+struct Manager {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn setup(test: &str) -> (TestEnv, Manager) {
+    // Logs help when a test fails; a second install (another test) is refused, fine.
+    let _ = nuop_core::telemetry::init_logs("plain");
+    let env = TestEnv::new(test).await;
+    nuop_crd::install::ensure_crd(env.client.clone(), "nuop-tests", LIMIT)
+        .await
+        .expect("the CRD installs");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = Options {
+        namespace: Some(env.namespace.clone()),
+        settings: Settings {
+            default_image: IMAGE.to_string(),
+        },
+        concurrency: 2,
+        readiness: Readiness::new(),
+    };
+    let readiness = options.readiness.clone();
+    // Registered before the spawn so that the wait below cannot see an empty (ready)
+    // state before `run` registers itself.
+    readiness.register(nuop_manager::run::READINESS_NAME);
+    tokio::spawn(run(
+        env.client.clone(),
+        options,
+        shutdown_signal(async move {
+            let _ = stopped.await;
+        }),
+    ));
+    eventually("the manager's watch to sync", LIMIT, || {
+        let ready = readiness.check().is_ok();
+        async move { ready.then_some(()) }
+    })
+    .await;
+    (env, Manager { stop: Some(stop) })
+}
+
+/// Creates `operator`, retrying while the API server warms up its handler for a CRD
+/// another test may just have installed.
+async fn create(api: &Api<NuOperator>, operator: &NuOperator) -> NuOperator {
+    eventually("the NuOperator to be created", LIMIT, || async {
+        match api.create(&PostParams::default(), operator).await {
+            Ok(created) => Some(created),
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(e) => panic!("cannot create the NuOperator: {e}"),
+        }
+    })
+    .await
+}
+
+fn sample(name: &str) -> NuOperator {
+    NuOperator::test()
+        .named(name)
+        .with_service_account("replicator")
+        .with_source(Source::new("https://github.com/nuop-dev/nuop.git").at_path("examples"))
+        .with_mapping(
+            Mapping::new("config-replicator", "v1", "ConfigMap")
+                .with_label_selector("nuop.dev/replicate", "true"),
+        )
+}
+
+async fn status_where(
+    api: &Api<NuOperator>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&NuOperator, &NuOperatorStatus) -> bool,
+) -> NuOperator {
+    eventually(what, LIMIT, || async {
+        let op = api.get(name).await.expect("the NuOperator exists");
+        let status = op.status.clone()?;
+        check(&op, &status).then_some(op)
+    })
+    .await
+}
+
+fn condition(status: &NuOperatorStatus, type_: &str) -> Option<(String, String)> {
+    status
+        .condition(type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn pod_hash(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(CONFIG_HASH_ANNOTATION)
+        .cloned()
+}
+
+#[tokio::test]
+async fn a_nuoperator_gets_owned_children_status_and_garbage_collection() {
+    let (env, _manager) = setup("manager-sample").await;
+    let operators: Api<NuOperator> = env.api();
+    let config_maps: Api<ConfigMap> = env.api();
+    let deployments: Api<Deployment> = env.api();
+    let created = create(&operators, &sample("replicator")).await;
+    let uid = created.metadata.uid.clone().expect("a uid");
+
+    let deployment = eventually("the Deployment", LIMIT, || async {
+        deployments.get_opt("nuop-replicator").await.expect("get")
+    })
+    .await;
+    let config_map = config_maps
+        .get("nuop-replicator")
+        .await
+        .expect("the ConfigMap exists");
+    for meta in [&deployment.metadata, &config_map.metadata] {
+        let owner = &meta.owner_references.as_ref().expect("owner references")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("NuOperator", uid.as_str())
+        );
+        assert_eq!(owner.controller, Some(true));
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels["app.kubernetes.io/name"], "nuop-managed");
+        assert_eq!(labels["app.kubernetes.io/instance"], "replicator");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "nuop-manager");
+    }
+    let first_hash = pod_hash(&deployment).expect("a config-hash annotation");
+    assert_eq!(first_hash, config_hash(&config_map));
+    let managed = config_map.data.as_ref().expect("data")["nuop.yaml"].clone();
+    assert!(managed.contains("config-replicator"), "{managed}");
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("replicator"));
+    assert_eq!(pod.containers[0].image.as_deref(), Some(IMAGE));
+
+    // No kubelet: the Deployment never becomes available, so the rollout stays in
+    // progress.
+    let generation = created.metadata.generation;
+    status_where(
+        &operators,
+        "replicator",
+        "status Progressing for generation 1",
+        |op, s| {
+            s.observed_generation == op.metadata.generation
+                && condition(s, "Progressing") == Some(("True".into(), "RollingOut".into()))
+                && condition(s, "Ready") == Some(("False".into(), "DeploymentNotAvailable".into()))
+                && condition(s, "Degraded") == Some(("False".into(), "AsExpected".into()))
+        },
+    )
+    .await;
+    assert_eq!(generation, Some(1));
+
+    // Changing a mapping changes the configuration, so the hash rolls the pods.
+    operators
+        .patch(
+            "replicator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mappings": [
+                {"name": "config-replicator", "version": "v1", "kind": "ConfigMap",
+                 "labelSelectors": {"nuop.dev/replicate": "yes"}}
+            ]}})),
+        )
+        .await
+        .expect("the mapping changes");
+    let rolled = eventually("a new config hash", LIMIT, || async {
+        let deployment = deployments.get("nuop-replicator").await.expect("get");
+        pod_hash(&deployment).filter(|h| *h != first_hash)
+    })
+    .await;
+    let config_map = config_maps.get("nuop-replicator").await.expect("get");
+    assert_eq!(rolled, config_hash(&config_map));
+    assert!(config_map.data.as_ref().expect("data")["nuop.yaml"].contains("yes"));
+    status_where(&operators, "replicator", "observedGeneration 2", |_, s| {
+        s.observed_generation == Some(2)
+    })
+    .await;
+
+    // Deleting the CR removes both children through the garbage collector.
+    operators
+        .delete("replicator", &DeleteParams::background())
+        .await
+        .expect("delete");
+    eventually("the children to be garbage collected", GC_LIMIT, || async {
+        let cm = config_maps.get_opt("nuop-replicator").await.expect("get");
+        let dep = deployments.get_opt("nuop-replicator").await.expect("get");
+        (cm.is_none() && dep.is_none()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn duplicate_mapping_names_degrade_without_a_deployment() {
+    let (env, _manager) = setup("manager-invalid").await;
+    let operators: Api<NuOperator> = env.api();
+    let invalid = sample("twins").with_mapping(Mapping::new("config-replicator", "v1", "Secret"));
+    create(&operators, &invalid).await;
+    let op = status_where(&operators, "twins", "status Degraded", |op, s| {
+        s.observed_generation == op.metadata.generation
+            && condition(s, "Degraded") == Some(("True".into(), "DuplicateMappingName".into()))
+    })
+    .await;
+    let status = op.status.expect("a status");
+    assert_eq!(
+        condition(&status, "Ready"),
+        Some(("False".into(), "DuplicateMappingName".into()))
+    );
+    let degraded = status.condition("Degraded").expect("Degraded");
+    assert!(
+        degraded.message.contains("config-replicator"),
+        "{}",
+        degraded.message
+    );
+    // The status is written after the children would have been applied: none was.
+    let deployments: Api<Deployment> = env.api();
+    let config_maps: Api<ConfigMap> = env.api();
+    assert!(
+        deployments
+            .get_opt("nuop-twins")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        config_maps
+            .get_opt("nuop-twins")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_missing_secret_degrades_until_it_exists() {
+    let (env, _manager) = setup("manager-secret").await;
+    let operators: Api<NuOperator> = env.api();
+    let op = NuOperator::test()
+        .named("private")
+        .with_source(
+            Source::new("https://git.example.com/private.git")
+                .with_token(nuop_crd::SecretKeyRef::new("git-token", "token")),
+        )
+        .with_mapping(Mapping::new("config-replicator", "v1", "ConfigMap"));
+    create(&operators, &op).await;
+    let degraded = status_where(&operators, "private", "status Degraded", |_, s| {
+        condition(s, "Degraded") == Some(("True".into(), "SecretNotFound".into()))
+    })
+    .await;
+    let message = degraded
+        .status
+        .as_ref()
+        .and_then(|s| s.condition("Degraded"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("git-token"), "{message}");
+    let deployments: Api<Deployment> = env.api();
+    assert!(
+        deployments
+            .get_opt("nuop-private")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
