@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use nuop_core::controller::shutdown_signal;
@@ -90,6 +90,21 @@ async fn create(api: &Api<NuOperator>, operator: &NuOperator) -> NuOperator {
     .await
 }
 
+async fn service_account(env: &TestEnv, name: &str) {
+    let accounts: Api<ServiceAccount> = env.api();
+    let account = ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .expect("the ServiceAccount is created");
+}
+
 fn sample(name: &str) -> NuOperator {
     NuOperator::test()
         .named(name)
@@ -140,6 +155,9 @@ async fn a_nuoperator_gets_owned_children_status_and_garbage_collection() {
     let operators: Api<NuOperator> = env.api();
     let config_maps: Api<ConfigMap> = env.api();
     let deployments: Api<Deployment> = env.api();
+    // The tenant's ServiceAccount: without it the ReplicaSet cannot create pods, and the
+    // status turns Degraded (see `a_missing_service_account_degrades`).
+    service_account(&env, "replicator").await;
     let created = create(&operators, &sample("replicator")).await;
     let uid = created.metadata.uid.clone().expect("a uid");
 
@@ -302,4 +320,27 @@ async fn a_missing_secret_degrades_until_it_exists() {
             .expect("get")
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn a_missing_service_account_degrades() {
+    // kube-controller-manager's ReplicaSet controller cannot create pods for an account
+    // that does not exist; the Deployment reports ReplicaFailure and so does the status.
+    let (env, _manager) = setup("manager-no-sa").await;
+    let operators: Api<NuOperator> = env.api();
+    create(&operators, &sample("orphan")).await;
+    let op = status_where(
+        &operators,
+        "orphan",
+        "status Degraded by ReplicaFailure",
+        |_, s| condition(s, "Degraded") == Some(("True".into(), "ReplicaFailure".into())),
+    )
+    .await;
+    let status = op.status.expect("a status");
+    assert_eq!(
+        condition(&status, "Progressing"),
+        Some(("False".into(), "ReplicaFailure".into()))
+    );
+    let message = &status.condition("Degraded").expect("Degraded").message;
+    assert!(message.contains("replicator"), "{message}");
 }
