@@ -13,7 +13,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, Scope, pinned_kind};
-use kube::runtime::{Controller, controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{debug, info, warn};
 
@@ -133,18 +133,36 @@ pub async fn run(
         namespaced,
         has_status,
     ));
+    // Each watch reports its own first list (InitDone) to `first_lists`. Waiting on
+    // `Store::wait_until_ready` from a second task does not work: kube-runtime's store
+    // wakes only the last task that polled it, which is the controller's own runner.
+    let first_lists = Arc::new(FirstLists::new(apis.len()));
+    let mut stores = Vec::new();
     let controllers: Vec<_> = apis
         .into_iter()
         .map(|api| {
-            Controller::new_with(api, watcher_config.clone(), resource.clone())
+            let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+            let reader = writer.as_reader();
+            stores.push(reader.clone());
+            let first_lists = first_lists.clone();
+            let mut seen = false;
+            let trigger = reflector(writer, watcher(api, watcher_config.clone()))
+                .inspect(move |event| {
+                    if !seen && matches!(event, Ok(watcher::Event::InitDone)) {
+                        seen = true;
+                        first_lists.done();
+                    }
+                })
+                .applied_objects();
+            Controller::for_stream_with(trigger, reader, resource.clone())
                 .with_config(controller::Config::default().concurrency(options.concurrency))
                 .graceful_shutdown_on(shutdown.clone())
         })
         .collect();
-    let stores: Vec<_> = controllers.iter().map(Controller::store).collect();
     tokio::spawn(report_cache(
         name.clone(),
         stores,
+        first_lists,
         options.readiness.clone(),
         shutdown.clone(),
     ));
@@ -163,17 +181,49 @@ pub async fn run(
     info!(controller = %name, "controller stopped");
 }
 
-/// Marks the controller ready once every store has its first list, then keeps the
-/// cached-objects gauge current until shutdown.
+/// Counts the watches of one controller that have completed their first list.
+struct FirstLists {
+    pending: std::sync::Mutex<usize>,
+    all_done: tokio::sync::Notify,
+}
+
+impl FirstLists {
+    fn new(watches: usize) -> Self {
+        Self {
+            pending: std::sync::Mutex::new(watches),
+            all_done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// One watch completed its first list.
+    fn done(&self) {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *pending = pending.saturating_sub(1);
+        if *pending == 0 {
+            // notify_one stores a permit, so a waiter arriving later still sees it.
+            self.all_done.notify_one();
+        }
+    }
+
+    async fn wait(&self) {
+        self.all_done.notified().await;
+    }
+}
+
+/// Marks the controller ready once every watch has completed its first list, then
+/// keeps the cached-objects gauge current until shutdown.
 async fn report_cache(
     name: String,
     stores: Vec<kube::runtime::reflector::Store<DynamicObject>>,
+    first_lists: Arc<FirstLists>,
     readiness: Arc<Readiness>,
     shutdown: Shutdown,
 ) {
-    let ready = futures::future::join_all(stores.iter().map(|s| s.wait_until_ready()));
     tokio::select! {
-        _ = ready => readiness.mark_synced(&name),
+        () = first_lists.wait() => readiness.mark_synced(&name),
         () = shutdown.clone() => return,
     }
     info!(controller = %name, "watch synced");

@@ -200,6 +200,7 @@ def "main reconcile" [] {
   let obj = $in | from json
   $"($env.NUOP_TEST_REPLICA) ($obj.metadata.name)\n" | save --append $env.NUOP_TEST_CALLS
   if ($obj.metadata.annotations? | default {} | get -o "nuop.dev/reconciled-by") == $env.NUOP_TEST_REPLICA { exit 0 }
+  print -e $"marking ($obj.metadata.name)"
   print ($obj | upsert metadata.annotations."nuop.dev/reconciled-by" $env.NUOP_TEST_REPLICA | to json)
   exit 2
 }
@@ -309,11 +310,19 @@ def "main reconcile" [] {{ exit 0 }}
     .expect("watch crd");
 
     // Discovery retries back off up to 30 s, so allow two limits.
-    eventually("/readyz to turn 200", LIMIT * 2, || async {
-        let (status, _) = replica.get(replica.probes, "/readyz").await?;
-        (status == 200).then_some(())
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + LIMIT * 2;
+    loop {
+        let answer = replica.get(replica.probes, "/readyz").await;
+        if matches!(answer, Some((200, _))) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz did not turn 200 after the CRD was established (last answer {answer:?}); logs:\n{}",
+            replica.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let metrics = replica
         .get(replica.metrics, "/metrics")
@@ -357,7 +366,8 @@ def "main reconcile" [] {{ exit 0 }}
     let logs = replica.logs();
     // Lines logged inside a reconcile carry the object's coordinates.
     assert!(
-        logs.lines().any(|l| l.contains("controller=marker")
+        logs.lines().any(|l| l.contains("marking cm-")
+            && l.contains("controller=marker")
             && l.contains("kind=ConfigMap")
             && l.contains(&format!("namespace={}", env.namespace))
             && l.contains("name=cm-")),
@@ -447,7 +457,12 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
     for i in 0..3 {
         wait_reconciled_by(&cms, &format!("cm-{i}"), &first).await;
     }
-    assert_eq!(runs(&calls), [first.clone()], "{}", all_logs(&replicas));
+    assert_eq!(
+        runs(&calls),
+        std::slice::from_ref(&first),
+        "{}",
+        all_logs(&replicas)
+    );
     let standby_metrics = http_get(replicas[&second].metrics, "/metrics")
         .await
         .expect("standby metrics")
@@ -627,23 +642,24 @@ type Received = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
 fn collect_spans(value: &Value, into: &mut Vec<(String, BTreeMap<String, String>)>) {
     match value {
         Value::Object(map) => {
-            if map.contains_key("traceId") && map.contains_key("spanId") {
-                if let Some(name) = map.get("name").and_then(Value::as_str) {
-                    let attributes = map
-                        .get("attributes")
-                        .and_then(Value::as_array)
-                        .map(|list| {
-                            list.iter()
-                                .filter_map(|a| {
-                                    let key = a.get("key")?.as_str()?.to_string();
-                                    let value = a.get("value")?.get("stringValue")?.as_str()?;
-                                    Some((key, value.to_string()))
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    into.push((name.to_string(), attributes));
-                }
+            if map.contains_key("traceId")
+                && map.contains_key("spanId")
+                && let Some(name) = map.get("name").and_then(Value::as_str)
+            {
+                let attributes = map
+                    .get("attributes")
+                    .and_then(Value::as_array)
+                    .map(|list| {
+                        list.iter()
+                            .filter_map(|a| {
+                                let key = a.get("key")?.as_str()?.to_string();
+                                let value = a.get("value")?.get("stringValue")?.as_str()?;
+                                Some((key, value.to_string()))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                into.push((name.to_string(), attributes));
             }
             for child in map.values() {
                 collect_spans(child, into);
