@@ -65,6 +65,9 @@ pub async fn run(client: Client, options: Options, shutdown: Shutdown) -> Result
         .graceful_shutdown_on(shutdown);
 
     options.readiness.register(READINESS_NAME);
+    // Registered: readiness now waits for this watch, so the "controllers starting"
+    // blocker the shared runtime sets can go.
+    options.readiness.block(None);
     let store = controller.store();
     let readiness = options.readiness.clone();
     tokio::spawn(async move {
