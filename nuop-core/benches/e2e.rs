@@ -1,0 +1,467 @@
+//! End-to-end throughput and latency against the real control plane, side by side:
+//! `nuop-standard` with the embedded executor, with the process executor, and a
+//! hand-written kube-rs controller doing the same change natively (the reference for
+//! "as fast as Rust can go").
+//!
+//! `make bench-e2e` runs it. For each variant, in a namespace of its own:
+//! 1. creates N ConfigMaps labelled `nuop.dev/bench=true` (before the controller runs);
+//! 2. starts the controller as a child process and measures, with a watch, the time until
+//!    every ConfigMap carries `nuop.dev/seen=true` (objects/s), and the child's peak RSS
+//!    and CPU time (its own plus reaped children's, so `nu` processes count);
+//! 3. with everything converged, removes the label from one object at a time (100
+//!    updates) and measures the time from sending the update to seeing the controller's
+//!    write on the watch (p50/p99).
+//!
+//! Arguments: `--objects N` (1000), `--updates N` (100), `--variants a,b,c`
+//! (`embedded,process,reference`), `--nuop-standard PATH` (the release binary),
+//! `--concurrency N` (8, the same for every variant). Needs `KUBECONFIG`; the process
+//! variant needs `nu` (`NUOP_NU` or `PATH`). No assertions: numbers are for reading.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+const BENCH_LABEL: &str = "nuop.dev/bench";
+const SEEN_LABEL: &str = "nuop.dev/seen";
+/// The most time one variant may take to converge before the run is declared stuck.
+const CONVERGE_LIMIT: Duration = Duration::from_secs(600);
+
+/// The script under test: the same change the reference controller makes.
+fn script(namespace: &str) -> String {
+    format!(
+        r#"
+def "main config" [] {{
+  {{ name: "bench", version: "v1", kind: "ConfigMap", namespace: "{namespace}",
+     labelSelectors: {{ "{BENCH_LABEL}": "true" }} }} | to yaml
+}}
+def "main reconcile" [] {{
+  let obj = $in | from json
+  if ($obj.metadata.labels? | default {{}} | get -o "{SEEN_LABEL}") == "true" {{ exit 0 }}
+  print ($obj | upsert metadata.labels."{SEEN_LABEL}" "true" | to json)
+  exit 2
+}}
+"#
+    )
+}
+
+struct Args {
+    objects: usize,
+    updates: usize,
+    variants: Vec<String>,
+    nuop_standard: PathBuf,
+    concurrency: usize,
+}
+
+fn parse_args(args: &[String]) -> Args {
+    let mut parsed = Args {
+        objects: 1000,
+        updates: 100,
+        variants: vec!["embedded".into(), "process".into(), "reference".into()],
+        nuop_standard: PathBuf::from("target/bench/release/nuop-standard"),
+        concurrency: 8,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| panic!("{arg} needs a value"))
+                .clone()
+        };
+        match arg.as_str() {
+            "--objects" => parsed.objects = value().parse().expect("--objects N"),
+            "--updates" => parsed.updates = value().parse().expect("--updates N"),
+            "--variants" => parsed.variants = value().split(',').map(str::to_string).collect(),
+            "--nuop-standard" => parsed.nuop_standard = value().into(),
+            "--concurrency" => parsed.concurrency = value().parse().expect("--concurrency N"),
+            // `cargo bench` passes `--bench`; filters are not used.
+            _ => {}
+        }
+    }
+    parsed
+}
+
+/// One watch event reduced to what the measurements need.
+struct Seen {
+    name: String,
+    labelled: bool,
+    at: Instant,
+}
+
+/// Forwards every ConfigMap event of `namespace` as a [`Seen`]; returns once the initial
+/// list is done.
+async fn watch_namespace(client: Client, namespace: &str) -> mpsc::UnboundedReceiver<Seen> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let api = Api::<ConfigMap>::namespaced(client, namespace);
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut events = std::pin::pin!(watcher(
+            api,
+            watcher::Config::default().labels(&format!("{BENCH_LABEL}=true"))
+        ));
+        while let Some(event) = events.next().await {
+            let at = Instant::now();
+            match event {
+                Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => {
+                    let labelled = cm.labels().get(SEEN_LABEL).map(String::as_str) == Some("true");
+                    if tx
+                        .send(Seen {
+                            name: cm.name_any(),
+                            labelled,
+                            at,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("bench watch error (the watcher retries): {e}"),
+            }
+        }
+    });
+    ready_rx
+        .await
+        .expect("the bench watch completes its first list");
+    rx
+}
+
+async fn create_objects(client: &Client, namespace: &str, count: usize) {
+    let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let cm = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(format!("cm-{i:05}")),
+                        labels: Some([(BENCH_LABEL.to_string(), "true".to_string())].into()),
+                        ..Default::default()
+                    },
+                    data: Some([("k".to_string(), "v".to_string())].into()),
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &cm).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("create the bench ConfigMaps");
+}
+
+/// CPU seconds (own + reaped children) and peak RSS in MiB of a live process.
+fn usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11..15]
+        .iter()
+        .map(|f| f.parse::<f64>().expect("tick count"))
+        .sum();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    (ticks / clock_ticks_per_second(), hwm_kib / 1024.0)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+struct Measured {
+    variant: String,
+    converge: Duration,
+    first_write: Duration,
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+    latencies: Vec<Duration>,
+}
+
+/// The child process for one variant.
+fn spawn_controller(
+    args: &Args,
+    variant: &str,
+    namespace: &str,
+    workdir: &Path,
+) -> tokio::process::Child {
+    let log = std::fs::File::create(workdir.join(format!("{variant}.log"))).expect("log file");
+    let mut command = if variant == "reference" {
+        let mut c = tokio::process::Command::new(std::env::current_exe().expect("own path"));
+        c.args([
+            "--reference-controller",
+            namespace,
+            &args.concurrency.to_string(),
+        ]);
+        c
+    } else {
+        let scripts = workdir.join(format!("scripts-{variant}"));
+        std::fs::create_dir_all(scripts.join("bench")).expect("script dir");
+        std::fs::write(scripts.join("bench/mod.nu"), script(namespace)).expect("script");
+        let mut c = tokio::process::Command::new(&args.nuop_standard);
+        c.arg("--scripts").arg(&scripts);
+        c.args([
+            "--executor",
+            variant,
+            "--concurrency",
+            &args.concurrency.to_string(),
+        ]);
+        // Probes and metrics off when this build has them: nothing else may bind.
+        if supports_flag(&args.nuop_standard, "--metrics-bind-address") {
+            c.args([
+                "--metrics-bind-address",
+                "0",
+                "--health-probe-bind-address",
+                "127.0.0.1:0",
+            ]);
+        }
+        c
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the {variant} controller: {e}"))
+}
+
+fn supports_flag(binary: &Path, flag: &str) -> bool {
+    std::process::Command::new(binary)
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+        .unwrap_or(false)
+}
+
+async fn run_variant(client: &Client, args: &Args, variant: &str, workdir: &Path) -> Measured {
+    let namespace = format!("bench-{variant}-{}", std::process::id());
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(namespace.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create the bench namespace");
+    create_objects(client, &namespace, args.objects).await;
+    let mut events = watch_namespace(client.clone(), &namespace).await;
+    while events.try_recv().is_ok() {} // the initial list: nothing is labelled yet
+
+    let started = Instant::now();
+    let mut child = spawn_controller(args, variant, &namespace, workdir);
+    let pid = child.id().expect("child pid");
+    let mut labelled = HashSet::new();
+    let mut first_write = None;
+    let deadline = started + CONVERGE_LIMIT;
+    while labelled.len() < args.objects {
+        let seen = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{variant}: only {}/{} converged after {CONVERGE_LIMIT:?}; see {}",
+                    labelled.len(),
+                    args.objects,
+                    workdir.join(format!("{variant}.log")).display()
+                )
+            })
+            .expect("watch stream");
+        if seen.labelled {
+            first_write.get_or_insert(seen.at);
+            labelled.insert(seen.name);
+        }
+    }
+    let converge = started.elapsed();
+    let first_write = first_write.map_or(converge, |at| at - started);
+
+    let api = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
+    let mut latencies = Vec::with_capacity(args.updates);
+    for i in 0..args.updates {
+        let name = format!("cm-{:05}", i % args.objects);
+        let sent = Instant::now();
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {SEEN_LABEL: null}}, "data": {"k": format!("v{i}")}}),
+            ),
+        )
+        .await
+        .expect("update one object");
+        loop {
+            let seen = tokio::time::timeout(Duration::from_secs(60), events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{variant}: update {i} of {name} was never reconciled"))
+                .expect("watch stream");
+            if seen.name == name && seen.labelled {
+                latencies.push(seen.at - sent);
+                break;
+            }
+        }
+    }
+
+    let (cpu_seconds, peak_rss_mib) = usage(pid);
+    child.kill().await.expect("stop the controller");
+    Api::<Namespace>::all(client.clone())
+        .delete(&namespace, &DeleteParams::background())
+        .await
+        .expect("delete the bench namespace");
+    Measured {
+        variant: variant.to_string(),
+        converge,
+        first_write,
+        cpu_seconds,
+        peak_rss_mib,
+        latencies,
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn print_table(args: &Args, results: &mut [Measured]) {
+    let reference = results.iter().find(|r| r.variant == "reference").map(|r| {
+        (
+            args.objects as f64 / r.converge.as_secs_f64(),
+            r.latencies.clone(),
+        )
+    });
+    println!(
+        "\n{} objects, {} single-object updates, concurrency {} per controller\n",
+        args.objects, args.updates, args.concurrency
+    );
+    println!(
+        "| variant | converge s | first write s | objects/s | vs reference | peak RSS MiB | CPU s | update p50 ms | update p99 ms | p50 vs reference |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in results.iter_mut() {
+        r.latencies.sort();
+        let rate = args.objects as f64 / r.converge.as_secs_f64();
+        let (p50, p99) = (
+            percentile(&r.latencies, 0.5),
+            percentile(&r.latencies, 0.99),
+        );
+        let (ratio, delta) = match &reference {
+            Some((ref_rate, ref_lat)) => {
+                let mut ref_lat = ref_lat.clone();
+                ref_lat.sort();
+                (
+                    format!("{:.2}", rate / ref_rate),
+                    format!("{:+.2} ms", ms(p50) - ms(percentile(&ref_lat, 0.5))),
+                )
+            }
+            None => ("n/a".into(), "n/a".into()),
+        };
+        println!(
+            "| {} | {:.2} | {:.2} | {:.0} | {ratio} | {:.1} | {:.2} | {:.2} | {:.2} | {delta} |",
+            r.variant,
+            r.converge.as_secs_f64(),
+            r.first_write.as_secs_f64(),
+            rate,
+            r.peak_rss_mib,
+            r.cpu_seconds,
+            ms(p50),
+            ms(p99),
+        );
+    }
+}
+
+/// The hand-written reference: a kube-rs controller that adds the label with an update
+/// guarded by resourceVersion, as nuop writes back.
+async fn reference_controller(namespace: String, concurrency: u16) {
+    let client = Client::try_default().await.expect("kube client");
+    let api = Api::<ConfigMap>::namespaced(client, &namespace);
+    let config = kube::runtime::controller::Config::default().concurrency(concurrency);
+    Controller::new(
+        api.clone(),
+        watcher::Config::default().labels(&format!("{BENCH_LABEL}=true")),
+    )
+    .with_config(config)
+    .run(
+        |cm: Arc<ConfigMap>, api: Arc<Api<ConfigMap>>| async move {
+            if cm.labels().get(SEEN_LABEL).map(String::as_str) == Some("true") {
+                return Ok::<_, kube::Error>(Action::requeue(Duration::from_secs(300)));
+            }
+            let mut changed = (*cm).clone();
+            changed
+                .labels_mut()
+                .insert(SEEN_LABEL.to_string(), "true".to_string());
+            api.replace(&cm.name_any(), &PostParams::default(), &changed)
+                .await?;
+            Ok(Action::requeue(Duration::from_secs(10)))
+        },
+        |_, _, _| Action::requeue(Duration::from_millis(500)),
+        Arc::new(api),
+    )
+    .for_each(|_| async {})
+    .await;
+}
+
+#[tokio::main]
+async fn main() {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("--reference-controller") {
+        let namespace = raw.get(1).expect("namespace").clone();
+        let concurrency = raw.get(2).and_then(|c| c.parse().ok()).unwrap_or(8);
+        reference_controller(namespace, concurrency).await;
+        return;
+    }
+    let args = parse_args(&raw);
+    if args.variants.iter().any(|v| v != "reference") && !args.nuop_standard.exists() {
+        panic!(
+            "{} does not exist: build it with `cargo build --release --target-dir target/bench -p nuop-standard` (make bench-e2e does)",
+            args.nuop_standard.display()
+        );
+    }
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG must name a reachable cluster (make bench-e2e starts one)");
+    let workdir = tempfile::tempdir().expect("workdir");
+    let mut results = Vec::new();
+    for variant in &args.variants {
+        eprintln!("bench-e2e: running {variant} with {} objects", args.objects);
+        let result = run_variant(&client, &args, variant, workdir.path()).await;
+        eprintln!(
+            "bench-e2e: {variant} converged in {:.2}s",
+            result.converge.as_secs_f64()
+        );
+        results.push(result);
+    }
+    print_table(&args, &mut results);
+}
