@@ -43,9 +43,9 @@ pub struct OperateArgs {
     #[arg(long, env = "NUOP_METRICS_BIND_ADDRESS", default_value = ":8080")]
     pub metrics_bind_address: String,
     /// Run controllers only while holding a coordination.k8s.io Lease.
-    #[arg(long, env = "NUOP_LEADER_ELECT")]
+    #[arg(long, env = "NUOP_LEADER_ELECT", value_parser = clap::builder::BoolishValueParser::new())]
     pub leader_elect: bool,
-    /// Name of the leader election Lease.
+    /// Name of the leader election Lease [default: the binary's name, e.g. nuop-standard].
     #[arg(long, env = "NUOP_LEADER_ELECTION_ID")]
     pub leader_election_id: Option<String>,
     /// Namespace of the Lease [default: $POD_NAMESPACE, else the service account's
@@ -232,7 +232,9 @@ pub enum Stopped {
 /// controllers) the process answers 503 on /readyz.
 ///
 /// # Errors
-/// [`RuntimeError`]; after `LeadershipLost` the caller must exit at once.
+/// [`RuntimeError`]. After `LeadershipLost` the caller must exit at once, cancelling
+/// every task still on the runtime (`Runtime::shutdown_background`, then
+/// `std::process::exit`): tasks the controllers spawned themselves outlive this call.
 pub async fn operate<F, Fut>(
     client: Client,
     options: RuntimeOptions,

@@ -107,17 +107,20 @@ pub async fn run(
         options.readiness.register(&script.config.name);
     }
     options.readiness.block(None);
-    let runs = loaded.into_iter().map(|script| {
-        tokio::spawn(controller::run(
+    // A JoinSet aborts every controller when dropped, so cancelling this future (at
+    // the shutdown timeout, or when the lease is lost) stops them all.
+    let mut controllers = tokio::task::JoinSet::new();
+    for script in loaded {
+        controllers.spawn(controller::run(
             client.clone(),
             script.config,
             script.runner,
             options.clone(),
             shutdown.clone(),
-        ))
-    });
-    for handle in futures::future::join_all(runs).await {
-        if let Err(e) = handle {
+        ));
+    }
+    while let Some(result) = controllers.join_next().await {
+        if let Err(e) = result {
             error!("a controller task failed: {e}");
         }
     }

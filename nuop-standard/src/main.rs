@@ -135,8 +135,10 @@ fn main() -> anyhow::Result<ExitCode> {
                 .await;
                 anyhow::Ok(run)
             });
-            // Flush buffered spans before leaving; the runtime is not dropped: a script
-            // call cancelled at the shutdown timeout may still occupy a blocking thread.
+            // Cancel whatever still runs (nothing may act once the lease is lost) without
+            // waiting for blocking threads: a script call cancelled at the shutdown
+            // timeout may still occupy one. Then flush buffered spans and leave.
+            runtime.shutdown_background();
             telemetry.shutdown();
             let code = match result {
                 Ok(Ok(Stopped::Drained | Stopped::TimedOut)) => 0,

@@ -370,8 +370,8 @@ def "main reconcile" [] {{ exit 0 }}
             && l.contains("controller=marker")
             && l.contains("kind=ConfigMap")
             && l.contains(&format!("namespace={}", env.namespace))
-            && l.contains("name=cm-")),
-        "no reconcile log line with controller, kind, namespace and name:\n{logs}"
+            && l.contains("object=cm-")),
+        "no reconcile log line with controller, kind, namespace and object:\n{logs}"
     );
     crds.delete(&crd_name, &DeleteParams::default())
         .await
@@ -743,7 +743,7 @@ async fn reconciles_and_script_calls_are_exported_as_otlp_spans() {
             .all(|name| {
                 spans.iter().any(|(span, attributes)| {
                     span == "reconcile"
-                        && attributes.get("name") == Some(name)
+                        && attributes.get("object") == Some(name)
                         && attributes.get("namespace") == Some(&env.namespace)
                         && attributes.get("controller").map(String::as_str) == Some("marker")
                 })
@@ -768,5 +768,67 @@ async fn reconciles_and_script_calls_are_exported_as_otlp_spans() {
         0,
         "logs:\n{}",
         replica.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_holder_that_finds_its_lease_taken_exits_non_zero_at_once() {
+    let env = TestEnv::new("op-lost").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let scripts = tmp.path().join("scripts");
+    write_script(&scripts, "marker", &marker_script(&env.namespace, "lost"));
+    let calls = tmp.path().join("calls.log");
+    let calls_text = calls.to_string_lossy().into_owned();
+    let lease_name = format!("lease-{}", env.namespace);
+    let mut replica = spawn(
+        &scripts,
+        tmp.path(),
+        "holder",
+        &[
+            "--leader-elect",
+            "--leader-election-id",
+            lease_name.as_str(),
+            "--leader-election-namespace",
+            env.namespace.as_str(),
+            "--leader-election-lease-duration",
+            "5s",
+            "--leader-election-renew-deadline",
+            "3s",
+            "--leader-election-retry-period",
+            "500ms",
+        ],
+        &[("NUOP_TEST_CALLS", calls_text.as_str())],
+    );
+    let leases = Api::<Lease>::namespaced(env.client.clone(), &env.namespace);
+    eventually("the replica to hold the lease", LIMIT, || async {
+        (lease_holder(&leases, &lease_name).await? == "holder").then_some(())
+    })
+    .await;
+    // Someone else claims the lease (as a partitioned peer might after an expiry).
+    eventually("the lease to be taken over", LIMIT, || async {
+        let mut lease = leases.get(&lease_name).await.ok()?;
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        spec.holder_identity = Some("intruder_x".into());
+        spec.lease_duration_seconds = Some(60);
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        leases
+            .replace(&lease_name, &PostParams::default(), &lease)
+            .await
+            .ok()
+    })
+    .await;
+    let code = replica.exit_code(LIMIT).await;
+    assert_eq!(code, 1, "logs:\n{}", replica.logs());
+    assert!(
+        replica.logs().contains("leader election lost"),
+        "logs:\n{}",
+        replica.logs()
+    );
+    assert_eq!(
+        lease_holder(&leases, &lease_name).await.as_deref(),
+        Some("intruder"),
+        "a replica that lost the lease must not write it again"
     );
 }

@@ -138,12 +138,14 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let value = object_value(&object, &ctx.resource);
+    // The object's name is `object`, not `name`: JSON logs write each span's own name
+    // under "name", and a second "name" key would hide one of the two.
     let span = tracing::info_span!(
         "reconcile",
         controller = %ctx.config.name,
         kind = %ctx.resource.kind,
         namespace = %text(&value, "/metadata/namespace"),
-        name = %text(&value, "/metadata/name"),
+        object = %text(&value, "/metadata/name"),
     );
     async move {
         let key = object_key(&value);
