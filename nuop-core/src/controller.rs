@@ -14,7 +14,7 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, Scope, pinned_kind};
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::health::Readiness;
@@ -137,6 +137,9 @@ pub async fn run(
     // `Store::wait_until_ready` from a second task does not work: kube-runtime's store
     // wakes only the last task that polled it, which is the controller's own runner.
     let first_lists = Arc::new(FirstLists::new(apis.len()));
+    // Only a watch narrowed by selectors can lose sight of an object that still exists.
+    let releases = ctx.config.finalizer.is_some()
+        && !(ctx.config.label_selectors.is_empty() && ctx.config.field_selectors.is_empty());
     let mut stores = Vec::new();
     let controllers: Vec<_> = apis
         .into_iter()
@@ -146,11 +149,27 @@ pub async fn run(
             stores.push(reader.clone());
             let first_lists = first_lists.clone();
             let mut seen = false;
+            let release_ctx = releases.then(|| ctx.clone());
             let trigger = reflector(writer, watcher(api, watcher_config.clone()))
                 .inspect(move |event| {
                     if !seen && matches!(event, Ok(watcher::Event::InitDone)) {
                         seen = true;
                         first_lists.done();
+                    }
+                    // A selective watch reports an object that stopped matching as
+                    // deleted; one still carrying our finalizer was not really deleted
+                    // (the finalizer would hold it) and must be let go of.
+                    if let (Some(ctx), Ok(watcher::Event::Delete(object))) = (&release_ctx, event)
+                        && ctx
+                            .config
+                            .finalizer
+                            .as_ref()
+                            .is_some_and(|f| object.finalizers().contains(f))
+                    {
+                        tokio::spawn(crate::reconcile::release(
+                            Arc::new(object.clone()),
+                            ctx.clone(),
+                        ));
                     }
                 })
                 .applied_objects();

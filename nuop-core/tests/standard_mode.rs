@@ -179,6 +179,58 @@ def "main finalize" [] {
 }
 
 #[tokio::test]
+async fn an_object_that_leaves_the_selector_is_finalized_and_let_go() {
+    let env = TestEnv::new("release").await;
+    let cms = env.api::<ConfigMap>();
+    let controller = env
+        .run_script(
+            "releasing",
+            r#"
+def "main config" [] {
+  { name: "releasing", version: "v1", kind: "ConfigMap", labelSelectors: { x: "y" }, finalizer: "nuop.dev/test-release" } | to yaml
+}
+def "main reconcile" [] { exit 0 }
+def "main finalize" [] {
+  let obj = $in | from json
+  $"($obj.metadata.name)\n" | save --append ($env.FILE_PWD | path join "finalized.log")
+  exit 0
+}
+"#,
+            ExecutorKind::Embedded,
+        )
+        .await;
+    cms.create(&PostParams::default(), &configmap("leaving", &[("x", "y")]))
+        .await
+        .expect("create");
+    eventually("our finalizer on the object", LIMIT, || async {
+        let cm = cms.get("leaving").await.ok()?;
+        cm.finalizers()
+            .contains(&"nuop.dev/test-release".to_string())
+            .then_some(())
+    })
+    .await;
+
+    // The label goes: the watch no longer sees the object, but it still exists.
+    cms.patch(
+        "leaving",
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"labels": {"x": null}}})),
+    )
+    .await
+    .expect("remove the selected label");
+    eventually("the finalizer to be removed", LIMIT, || async {
+        let cm = cms.get("leaving").await.ok()?;
+        cm.finalizers().is_empty().then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(controller.script_dir().join("finalized.log"))
+        .expect("finalize ran");
+    assert_eq!(log.trim(), "leaving");
+    let still_there = cms.get("leaving").await.expect("the object is not deleted");
+    assert!(still_there.metadata.deletion_timestamp.is_none());
+}
+
+#[tokio::test]
 async fn an_identity_change_writes_nothing_and_explains_why() {
     let env = TestEnv::new("identity").await;
     let _controller = env

@@ -28,7 +28,10 @@ use crate::script::{CallRequest, CallResult, ScriptRunner};
 pub use backoff::Backoff;
 pub use error::ReconcileError;
 use error::{is_conflict, is_not_found};
-use plan::{Step, WritePlan, add_finalizer_patch, next_step, plan_write, remove_finalizer_patch};
+use plan::{
+    Step, WritePlan, add_finalizer_patch, has_finalizer, matches_labels, next_step, plan_write,
+    remove_finalizer_patch,
+};
 
 /// How many times a reconcile re-reads and retries after a conflicting write before it
 /// gives up and backs off.
@@ -183,6 +186,69 @@ pub async fn reconcile(
     }
     .instrument(span)
     .await
+}
+
+/// How often [`release`] tries to finalize an object that left the selectors.
+const RELEASE_ATTEMPTS: u32 = 8;
+
+/// Lets go of an object that stopped matching the controller's selectors (the watch
+/// reported it deleted) while still carrying our finalizer: runs `finalize` and removes
+/// the finalizer, as if the object had been deleted, so it is never left holding a
+/// finalizer nobody will remove. Nothing happens when the object is gone, no longer
+/// carries our finalizer, or matches the label selectors again (the watch has it back).
+/// Failures are retried with the per-object backoff, then reported with an Event.
+pub async fn release(object: Arc<DynamicObject>, ctx: Arc<Context>) {
+    let Some(finalizer) = ctx.config.finalizer.clone() else {
+        return;
+    };
+    let value = object_value(&object, &ctx.resource);
+    let span = tracing::info_span!(
+        "release",
+        controller = %ctx.config.name,
+        kind = %ctx.resource.kind,
+        namespace = %text(&value, "/metadata/namespace"),
+        object = %text(&value, "/metadata/name"),
+    );
+    async move {
+        let key = object_key(&value);
+        for attempt in 1..=RELEASE_ATTEMPTS {
+            let current = match ctx.api_for(&value).get_opt(text(&value, "/metadata/name")).await {
+                Ok(Some(fresh)) => object_value(&fresh, &ctx.resource),
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("re-reading an object that left the selectors failed: {e}");
+                    tokio::time::sleep(ctx.backoff.failed(key.clone())).await;
+                    continue;
+                }
+            };
+            if !has_finalizer(&current, &finalizer)
+                || matches_labels(&current, &ctx.config.label_selectors)
+                    && ctx.config.field_selectors.is_empty()
+            {
+                return;
+            }
+            info!("the object no longer matches the selectors; finalizing it");
+            match run_finalize(&current, &ctx).await {
+                Ok(_) => {
+                    ctx.backoff.succeeded(&key);
+                    return;
+                }
+                Err(error) => {
+                    warn!(attempt, category = error.category(), "finalizing a released object failed: {error}");
+                    if attempt == RELEASE_ATTEMPTS || error.is_permanent() {
+                        publish(&ctx, &current, EventType::Warning, error.category(), "Release", &format!(
+                            "the object left the selectors but finalize failed, so finalizer {finalizer} stays: {error}"
+                        ))
+                        .await;
+                        return;
+                    }
+                    tokio::time::sleep(ctx.backoff.failed(key.clone())).await;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
 }
 
 /// What kube-runtime does after a failed reconcile: permanent problems wait for the

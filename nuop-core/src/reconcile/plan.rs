@@ -37,6 +37,21 @@ pub fn next_step(object: &Value, finalizer: Option<&str>) -> Step {
     }
 }
 
+/// Whether `object` carries every label in `selectors` with the same value (the
+/// equality-based label selectors a script's config can express).
+pub fn matches_labels(
+    object: &Value,
+    selectors: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let labels = object.pointer("/metadata/labels");
+    selectors.iter().all(|(key, value)| {
+        labels
+            .and_then(|l| l.get(key))
+            .and_then(Value::as_str)
+            .is_some_and(|v| v == value)
+    })
+}
+
 /// Whether `object` lists `finalizer`.
 pub fn has_finalizer(object: &Value, finalizer: &str) -> bool {
     finalizer_index(object, finalizer).is_some()
@@ -165,6 +180,33 @@ pub fn plan_write(input: &Value, desired: &Value, has_status_subresource: bool) 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn label_selectors_match_only_when_every_label_is_equal() {
+        let selectors: std::collections::BTreeMap<String, String> = [
+            ("x".to_string(), "y".to_string()),
+            ("a".to_string(), "b".to_string()),
+        ]
+        .into();
+        let with = |labels: Value| json!({"metadata": {"name": "o", "labels": labels}});
+        assert!(matches_labels(
+            &with(json!({"x": "y", "a": "b", "extra": "1"})),
+            &selectors
+        ));
+        assert!(!matches_labels(&with(json!({"x": "y"})), &selectors));
+        assert!(!matches_labels(
+            &with(json!({"x": "z", "a": "b"})),
+            &selectors
+        ));
+        assert!(!matches_labels(
+            &json!({"metadata": {"name": "o"}}),
+            &selectors
+        ));
+        assert!(matches_labels(
+            &json!({"metadata": {"name": "o"}}),
+            &Default::default()
+        ));
+    }
 
     fn obj(finalizers: Value, deleting: bool) -> Value {
         let mut o = json!({"apiVersion": "v1", "kind": "ConfigMap",
