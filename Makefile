@@ -90,8 +90,18 @@ demo: tools ## Local control plane + nuop-standard with the example scripts, rec
 	hack/demo
 
 .PHONY: bench
-bench: tools ## Per-call cost of each executor (criterion), with their ratio.
-	$(CARGO) bench -p nuop-core --bench executors
+bench: tools ## Per-call cost of each executor, side by side, with their ratio.
+	@# Its own target dir: the release build never waits on (or blocks) test builds.
+	$(CARGO) bench --target-dir target/bench -p nuop-core --bench executors
+
+BENCH_OBJECTS ?= 1000
+
+.PHONY: bench-e2e
+bench-e2e: tools ## nuop (embedded, process) next to a hand-written kube-rs controller on the local control plane.
+	$(CARGO) build --release --target-dir target/bench -p nuop-standard
+	@kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); eval "$$($(CONTROL_PLANE) env)"; \
+	  NUOP_NU=$(NU) $(CARGO) bench --target-dir target/bench -p nuop-core --bench e2e -- \
+	    --objects $(BENCH_OBJECTS) --nuop-standard $(CURDIR)/target/bench/release/nuop-standard
 
 ##@ Deployment
 

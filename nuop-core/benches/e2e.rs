@@ -12,8 +12,12 @@
 //!    updates) and measures the time from sending the update to seeing the controller's
 //!    write on the watch (p50/p99).
 //!
+//! `embedded-no-events` is the embedded executor with `--write-events false`: nuop
+//! records every write as an Event by default, one more etcd write per change that the
+//! reference does not make.
+//!
 //! Arguments: `--objects N` (1000), `--updates N` (100), `--variants a,b,c`
-//! (`embedded,process,reference`), `--nuop-standard PATH` (the release binary),
+//! (`embedded,embedded-no-events,process,reference`), `--nuop-standard PATH` (the release binary),
 //! `--concurrency N` (8, the same for every variant). Needs `KUBECONFIG`; the process
 //! variant needs `nu` (`NUOP_NU` or `PATH`). No assertions: numbers are for reading.
 
@@ -67,7 +71,9 @@ fn parse_args(args: &[String]) -> Args {
     let mut parsed = Args {
         objects: 1000,
         updates: 100,
-        variants: vec!["embedded".into(), "process".into(), "reference".into()],
+        variants: ["embedded", "embedded-no-events", "process", "reference"]
+            .map(String::from)
+            .to_vec(),
         nuop_standard: PathBuf::from("target/bench/release/nuop-standard"),
         concurrency: 8,
     };
@@ -226,9 +232,15 @@ fn spawn_controller(
         std::fs::write(scripts.join("bench/mod.nu"), script(namespace)).expect("script");
         let mut c = tokio::process::Command::new(&args.nuop_standard);
         c.arg("--scripts").arg(&scripts);
+        // `embedded-no-events`: the embedded executor without Normal Events for writes.
+        let (executor, write_events) = match variant.strip_suffix("-no-events") {
+            Some(executor) => (executor, "false"),
+            None => (variant, "true"),
+        };
+        c.args(["--write-events", write_events]);
         c.args([
             "--executor",
-            variant,
+            executor,
             "--concurrency",
             &args.concurrency.to_string(),
         ]);

@@ -30,6 +30,10 @@ pub struct ControllerOptions {
     pub concurrency: u16,
     /// Where controllers report that their first list completed.
     pub readiness: Arc<Readiness>,
+    /// Whether successful writes (updates, status, finalizers) emit Normal Events.
+    /// Warnings are always emitted. Each Event is one more object written to etcd, so
+    /// at scale turning these off halves the API load of a busy controller.
+    pub write_events: bool,
 }
 
 impl Default for ControllerOptions {
@@ -37,6 +41,7 @@ impl Default for ControllerOptions {
         Self {
             concurrency: 8,
             readiness: Readiness::new(),
+            write_events: true,
         }
     }
 }
@@ -125,14 +130,16 @@ pub async fn run(
     };
 
     let name = config.name.clone();
-    let ctx = Arc::new(Context::new(
+    let mut context = Context::new(
         config,
         runner,
         client,
         resource.clone(),
         namespaced,
         has_status,
-    ));
+    );
+    context.write_events = options.write_events;
+    let ctx = Arc::new(context);
     // Each watch reports its own first list (InitDone) to `first_lists`. Waiting on
     // `Store::wait_until_ready` from a second task does not work: kube-runtime's store
     // wakes only the last task that polled it, which is the controller's own runner.

@@ -29,6 +29,10 @@ struct Cli {
     /// Reconciles of one controller that may run at once.
     #[arg(long, env = "NUOP_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
+    /// Emit a Normal Event for every successful write (update, status, finalizer).
+    /// Warnings are always emitted. `false` halves the API writes of a busy controller.
+    #[arg(long, env = "NUOP_WRITE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    write_events: bool,
     /// Log format: plain or json (filter with RUST_LOG, e.g. `info,nuop_core=debug`).
     #[arg(long, env = "NUOP_LOG_FORMAT", default_value = "plain")]
     log_format: String,
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 let controller_options = ControllerOptions {
                     concurrency: cli.concurrency,
                     readiness: readiness.clone(),
+                    write_events: cli.write_events,
                 };
                 let scripts = cli.scripts.clone();
                 let executor = cli.executor;

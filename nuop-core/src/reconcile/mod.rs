@@ -37,6 +37,9 @@ use plan::{
 /// gives up and backs off.
 const MAX_CONFLICT_RETRIES: u32 = 5;
 
+/// Events one controller may be sending at once; more wait for a slot (backpressure).
+const MAX_EVENTS_IN_FLIGHT: usize = 64;
+
 /// Lines of a script's stderr logged per call; the rest is summarised.
 const MAX_LOGGED_LINES: usize = 50;
 
@@ -60,6 +63,10 @@ pub struct Context {
     pub backoff: Backoff<String>,
     /// Field manager for writes.
     pub field_manager: String,
+    /// Whether successful writes emit Normal Events (warnings always do).
+    pub write_events: bool,
+    /// Bounds the Events being sent in the background (see [`publish`]).
+    pub events_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
@@ -80,6 +87,8 @@ impl Context {
             field_manager: format!("nuop-{}", config.name),
             recorder: Recorder::new(client.clone(), reporter),
             backoff: Backoff::default(),
+            write_events: true,
+            events_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_EVENTS_IN_FLIGHT)),
             config,
             runner,
             client,
@@ -526,7 +535,7 @@ async fn write(ctx: &Context, object: &Value, plan: WritePlan) -> Result<(), Rec
     Ok(())
 }
 
-/// Publishes an Event on the object; failures are logged, never fatal.
+/// Publishes an Event on the object in the background; failures are logged, never fatal.
 async fn publish(
     ctx: &Context,
     object: &Value,
@@ -535,6 +544,9 @@ async fn publish(
     action: &str,
     note: &str,
 ) {
+    if type_ == EventType::Normal && !ctx.write_events {
+        return;
+    }
     let mut note = note.to_string();
     if note.len() > 1000 {
         let cut = (0..=1000)
@@ -564,9 +576,23 @@ async fn publish(
         action: action.to_string(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-        warn!("failed to publish event {reason}: {e}");
-    }
+    // Sent in the background: an Event is a second API request per write, and waiting
+    // for it would hold the reconcile's concurrency slot for a full round trip (it halved
+    // throughput in `make bench-e2e`). The semaphore keeps a flood bounded.
+    let Ok(permit) = ctx.events_in_flight.clone().acquire_owned().await else {
+        return;
+    };
+    let recorder = ctx.recorder.clone();
+    let reason = reason.to_string();
+    tokio::spawn(
+        async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!("failed to publish event {reason}: {e}");
+            }
+            drop(permit);
+        }
+        .in_current_span(),
+    );
 }
 
 fn log_lines(stream: &str, text: &str) {
