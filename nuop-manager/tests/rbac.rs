@@ -77,6 +77,9 @@ async fn the_manager_works_with_exactly_its_role() {
     };
     let roles: Api<ClusterRole> = Api::all(env.client.clone());
     let bindings: Api<ClusterRoleBinding> = Api::all(env.client.clone());
+    // Cluster-scoped: not removed with the namespace, so removed by a guard even when
+    // the test fails.
+    let _cleanup = Cleanup { name: name.clone() };
     roles
         .create(&PostParams::default(), &role)
         .await
@@ -183,6 +186,33 @@ async fn the_manager_works_with_exactly_its_role() {
     .await;
 
     let _ = stop.send(());
-    let _ = bindings.delete(&name, &DeleteParams::default()).await;
-    let _ = roles.delete(&name, &DeleteParams::default()).await;
+}
+
+/// Deletes the test's ClusterRole and ClusterRoleBinding when dropped.
+struct Cleanup {
+    name: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A thread with its own runtime and its own client: the test's client runs its
+        // connection task on the test's (single-threaded) runtime, which is blocked here.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let client = nuop_core::testing::client().await;
+                let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+                let roles: Api<ClusterRole> = Api::all(client);
+                let _ = bindings.delete(&name, &DeleteParams::default()).await;
+                let _ = roles.delete(&name, &DeleteParams::default()).await;
+            });
+        })
+        .join();
+    }
 }
