@@ -344,3 +344,103 @@ async fn a_missing_service_account_degrades() {
     let message = &status.condition("Degraded").expect("Degraded").message;
     assert!(message.contains("replicator"), "{message}");
 }
+
+#[tokio::test]
+async fn a_bad_edit_keeps_the_running_children() {
+    let (env, _manager) = setup("manager-bad-edit").await;
+    service_account(&env, "replicator").await;
+    let operators: Api<NuOperator> = env.api();
+    let deployments: Api<Deployment> = env.api();
+    create(&operators, &sample("edited")).await;
+    let before = eventually("the Deployment", LIMIT, || async {
+        deployments.get_opt("nuop-edited").await.expect("get")
+    })
+    .await;
+    // A second mapping with the same name passes the schema but not validation.
+    operators
+        .patch(
+            "edited",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mappings": [
+                {"name": "config-replicator", "version": "v1", "kind": "ConfigMap"},
+                {"name": "config-replicator", "version": "v1", "kind": "Secret"}
+            ]}})),
+        )
+        .await
+        .expect("the edit is accepted by the API server");
+    status_where(&operators, "edited", "Degraded for generation 2", |_, s| {
+        s.observed_generation == Some(2)
+            && condition(s, "Degraded") == Some(("True".into(), "DuplicateMappingName".into()))
+    })
+    .await;
+    let after = deployments.get("nuop-edited").await.expect("still there");
+    assert_eq!(
+        pod_hash(&after),
+        pod_hash(&before),
+        "the last good configuration keeps running"
+    );
+}
+
+#[tokio::test]
+async fn children_no_longer_wanted_are_deleted() {
+    let (env, _manager) = setup("manager-stray").await;
+    service_account(&env, "replicator").await;
+    let operators: Api<NuOperator> = env.api();
+    let config_maps: Api<ConfigMap> = env.api();
+    let created = create(&operators, &sample("tidy")).await;
+    eventually("the ConfigMap", LIMIT, || async {
+        config_maps.get_opt("nuop-tidy").await.expect("get")
+    })
+    .await;
+    // A child of this CR under a name the manager no longer uses (an older naming),
+    // and a look-alike owned by nothing, which must be left alone.
+    let labelled = |name: &str, owned: bool| ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(nuop_manager::build::labels(&created)),
+            owner_references: owned.then(|| {
+                vec![nuop_manager::build::owner_reference(&created).expect("an owner reference")]
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for (name, owned) in [("tidy-old", true), ("tidy-unowned", false)] {
+        config_maps
+            .create(&PostParams::default(), &labelled(name, owned))
+            .await
+            .expect("created");
+    }
+    // Any change to the CR triggers a reconcile.
+    operators
+        .patch(
+            "tidy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .expect("patched");
+    eventually("the stray child to be deleted", LIMIT, || async {
+        config_maps
+            .get_opt("tidy-old")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        config_maps
+            .get_opt("tidy-unowned")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        config_maps
+            .get_opt("nuop-tidy")
+            .await
+            .expect("get")
+            .is_some()
+    );
+}
