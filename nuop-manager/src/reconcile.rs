@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt as _};
 use nuop_core::metrics::METRICS;
@@ -44,19 +45,28 @@ pub const RECHECK: Duration = Duration::from_secs(30);
 /// The longest wait after repeated API failures.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// The longest Event note the API server accepts, in bytes.
+const MAX_EVENT_NOTE: usize = 1024;
+
 /// What every reconcile shares.
 pub struct Context {
     /// The client for the cluster.
     pub client: Client,
     /// The manager's settings for the children.
     pub settings: Settings,
+    recorder: Recorder,
     failures: Mutex<HashMap<ObjectRef<NuOperator>, u32>>,
 }
 
 impl Context {
     /// A context with no failures recorded.
     pub fn new(client: Client, settings: Settings) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
             failures: Mutex::new(HashMap::new()),
@@ -129,6 +139,7 @@ async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<Action>
     let problems = validate::validate(operator, &secrets);
     if !problems.is_empty() {
         warn!(%namespace, %name, problems = %join(&problems), "NuOperator is invalid; nothing applied");
+        warn_invalid(ctx, operator, &problems).await;
         write_status(&ctx.client, operator, Observation::Invalid(&problems)).await?;
         return Ok(if problems.iter().any(Problem::may_resolve_itself) {
             Action::requeue(RECHECK)
@@ -147,6 +158,37 @@ async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<Action>
     write_status(&ctx.client, operator, Observation::Applied(&deployment)).await?;
     info!(%namespace, %name, config_hash = %hash, "NuOperator reconciled");
     Ok(Action::requeue(RESYNC))
+}
+
+/// Publishes a Warning Event on the NuOperator naming its problems. Best effort: an
+/// Event that cannot be written is logged, and the status says the same anyway.
+async fn warn_invalid(ctx: &Context, operator: &NuOperator, problems: &[Problem]) {
+    let mut note = join(problems);
+    if note.len() > MAX_EVENT_NOTE {
+        let mut end = MAX_EVENT_NOTE - 3;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: problems
+            .first()
+            .map_or("InvalidSpec", Problem::reason)
+            .to_string(),
+        note: Some(note),
+        action: "Validate".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &operator.object_ref(&()))
+        .await
+    {
+        warn!(name = %operator.name_any(), "failed to publish an event: {e}");
+    }
 }
 
 fn join(problems: &[Problem]) -> String {

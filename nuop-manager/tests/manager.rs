@@ -270,6 +270,21 @@ async fn duplicate_mapping_names_degrade_without_a_deployment() {
         "{}",
         degraded.message
     );
+    // And a Warning Event on the CR says the same.
+    let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
+    let event = eventually("a Warning Event", LIMIT, || async {
+        events
+            .list(&Default::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("twins"))
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.reason.as_deref(), Some("DuplicateMappingName"));
+    assert_eq!(event.reporting_controller.as_deref(), Some("nuop-manager"));
     // The status is written after the children would have been applied: none was.
     let deployments: Api<Deployment> = env.api();
     let config_maps: Api<ConfigMap> = env.api();

@@ -185,6 +185,34 @@ async fn the_manager_works_with_exactly_its_role() {
     )
     .await;
 
+    // The Secret lookup (metadata GET) and the Warning Event, as the ServiceAccount.
+    let private = NuOperator::test()
+        .named("private")
+        .with_source(
+            Source::new("https://git.example.com/private.git")
+                .with_token(nuop_crd::SecretKeyRef::new("git-token", "token")),
+        )
+        .with_mapping(Mapping::new("config-replicator", "v1", "ConfigMap"));
+    operators
+        .create(&PostParams::default(), &private)
+        .await
+        .expect("created");
+    let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
+    eventually(
+        "a SecretNotFound Event, published as the ServiceAccount",
+        LIMIT,
+        || async {
+            events
+                .list(&Default::default())
+                .await
+                .expect("list events")
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("SecretNotFound"))
+        },
+    )
+    .await;
+
     let _ = stop.send(());
 }
 
