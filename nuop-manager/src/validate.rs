@@ -19,8 +19,7 @@ pub const MAX_NAME_LENGTH: usize = 63;
 pub enum Problem {
     /// Two or more mappings share a name.
     DuplicateMappingName(String),
-    /// A source location is neither a git URL (https, http, ssh, file) nor an absolute
-    /// path.
+    /// A source location is neither a git URL (https, http, file) nor an absolute path.
     InvalidSourceLocation {
         /// The source's index in `spec.sources`.
         index: usize,
@@ -65,7 +64,7 @@ impl fmt::Display for Problem {
             }
             Self::InvalidSourceLocation { index, location } => write!(
                 f,
-                "spec.sources[{index}].location `{location}` is neither a git URL (https, http, ssh, file) nor an absolute path"
+                "spec.sources[{index}].location `{location}` is neither a git URL (https, http, file) nor an absolute path"
             ),
             // The location itself is not repeated: it holds a secret.
             Self::CredentialsInLocation { index } => write!(
@@ -138,8 +137,8 @@ enum Location {
     WithCredentials,
 }
 
-/// Accepts `scheme://host[:port]/path` for https, http and ssh, `file:///abs/path`, and
-/// an absolute path. Anything with whitespace or control characters is invalid.
+/// Accepts `scheme://host[:port]/path` for https and http, `file:///abs/path`, and an
+/// absolute path: the transports `nuop-managed` fetches over. Anything with whitespace or control characters is invalid.
 fn check_location(location: &str) -> Location {
     if location.is_empty()
         || location
@@ -162,7 +161,7 @@ fn check_location(location: &str) -> Location {
                 Location::Invalid
             }
         }
-        "https" | "http" | "ssh" => {
+        "https" | "http" => {
             let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
             let (userinfo, host_port) = match authority.rsplit_once('@') {
                 Some((userinfo, host_port)) => (Some(userinfo), host_port),
@@ -178,10 +177,7 @@ fn check_location(location: &str) -> Location {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
             if !host_ok {
                 Location::Invalid
-            } else if userinfo.is_some_and(|u| u.contains(':')) {
-                // `ssh://git@host/…` names a user, which is fine; a password is not.
-                Location::WithCredentials
-            } else if userinfo.is_some() && scheme != "ssh" {
+            } else if userinfo.is_some() {
                 Location::WithCredentials
             } else {
                 Location::Valid
@@ -234,7 +230,6 @@ mod tests {
         let valid = [
             "https://github.com/nuop-dev/nuop.git",
             "http://git.internal:8080/scripts",
-            "ssh://git@github.com/nuop-dev/nuop.git",
             "file:///srv/git/scripts",
             "/srv/git/scripts",
             "HTTPS://example.com/x",
@@ -257,6 +252,7 @@ mod tests {
             "file://relative/path",
             "https://exa mple.com/x",
             "git@github.com:nuop-dev/nuop.git",
+            "ssh://git@github.com/nuop-dev/nuop.git",
         ];
         for location in invalid {
             assert!(
@@ -267,7 +263,7 @@ mod tests {
         for location in [
             "https://user:pass@example.com/x.git",
             "https://token@example.com/x.git",
-            "ssh://git:pass@example.com/x.git",
+            "http://user@example.com/x.git",
         ] {
             assert!(
                 matches!(check_location(location), Location::WithCredentials),
