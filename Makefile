@@ -123,3 +123,7 @@ deploy: ## Apply config/default (CRD, RBAC, manager) to the cluster in the curre
 .PHONY: undeploy
 undeploy: ## Remove config/default from the cluster (deleting the CRD deletes every NuOperator).
 	$(KUBECTL) delete --ignore-not-found -k config/default
+
+.PHONY: deploy-check
+deploy-check: ## deploy + check + undeploy + check on the local control plane (not while tests run).
+	hack/deploy-check
