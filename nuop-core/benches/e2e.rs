@@ -349,6 +349,19 @@ async fn run_variant(client: &Client, args: &Args, variant: &str, workdir: &Path
         .delete(&namespace, &DeleteParams::background())
         .await
         .expect("delete the bench namespace");
+    // The namespace controller deletes N objects now; the next variant must not compete
+    // with that for the API server.
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let gone_by = Instant::now() + Duration::from_secs(300);
+    while namespaces
+        .get_opt(&namespace)
+        .await
+        .expect("read the bench namespace")
+        .is_some()
+        && Instant::now() < gone_by
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     Measured {
         variant: variant.to_string(),
         converge,
