@@ -1,9 +1,111 @@
-//! `nuop-managed`: not implemented yet. It exits with an error rather than pretending to
-//! run, so a deployment of it fails loudly.
+//! `nuop-managed`: fetches script sources from git and runs one controller per mapping,
+//! swapping in new script revisions without a restart. Parses arguments and hands over
+//! to [`nuop_managed::run`] under the shared runtime (probes, metrics, leader election).
 
-use std::process::ExitCode;
+use std::path::PathBuf;
+use std::time::Duration;
 
-fn main() -> ExitCode {
-    eprintln!("nuop-managed is not implemented yet; use nuop-standard");
-    ExitCode::FAILURE
+use clap::Parser;
+use nuop_core::controller::{ControllerOptions, shutdown_signal};
+use nuop_core::health::Readiness;
+use nuop_core::runtime::{OperateArgs, Stopped, operate, parse_duration};
+use nuop_core::script::ExecutorKind;
+use nuop_crd::ManagedConfig;
+
+/// Kubernetes controllers written as Nushell scripts, fetched from git: one controller
+/// per mapping of the configuration.
+#[derive(Parser, Debug)]
+#[command(name = "nuop-managed", version, about)]
+struct Cli {
+    /// The configuration the manager writes (`nuop.yaml`: sources and mappings).
+    #[arg(long, env = "NUOP_CONFIG", default_value = "/etc/nuop/nuop.yaml")]
+    config: PathBuf,
+    /// Seconds between two fetches of each source [default: the configuration's].
+    #[arg(long, env = "NUOP_SYNC_INTERVAL")]
+    sync_interval: Option<u64>,
+    /// Where sources are cached and checked out.
+    #[arg(long, env = "NUOP_CACHE_DIR", default_value = "/var/lib/nuop")]
+    cache_dir: PathBuf,
+    /// Mounted Secrets (`<DIR>/<secret>/<key>`), read before getting the Secret from
+    /// the API.
+    #[arg(long, env = "NUOP_SECRETS_DIR", default_value = "/etc/nuop/secrets")]
+    secrets_dir: PathBuf,
+    /// The longest one fetch may take.
+    #[arg(long, env = "NUOP_FETCH_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    fetch_timeout: Duration,
+    /// Executor for the scripts.
+    #[arg(long, env = "NUOP_EXECUTOR", default_value = "embedded")]
+    executor: ExecutorKind,
+    /// Reconciles of one controller that may run at once.
+    #[arg(long, env = "NUOP_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Emit a Normal Event for every successful write. Warnings are always emitted.
+    #[arg(long, env = "NUOP_WRITE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    write_events: bool,
+    /// Log format: plain or json (filter with RUST_LOG).
+    #[arg(long, env = "NUOP_LOG_FORMAT", default_value = "plain")]
+    log_format: String,
+    #[command(flatten)]
+    operate: OperateArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let text = std::fs::read_to_string(&cli.config)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", cli.config.display()))?;
+    let config = ManagedConfig::from_yaml(&text)
+        .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", cli.config.display()))?;
+    // One Lease per NuOperator: several may run in one namespace.
+    let lease = format!("nuop-managed-{}", config.nu_operator.name);
+    let options = cli.operate.resolve(&lease).map_err(anyhow::Error::msg)?;
+    let settings = nuop_managed::Settings {
+        sync_interval: Duration::from_secs(
+            cli.sync_interval.unwrap_or(config.sync_interval).max(1),
+        ),
+        config,
+        cache_dir: cli.cache_dir,
+        secrets_dir: Some(cli.secrets_dir),
+        fetch_timeout: cli.fetch_timeout,
+        executor: cli.executor,
+    };
+    let telemetry =
+        nuop_core::telemetry::init("nuop-managed", &cli.log_format).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let client = kube::Client::try_default().await?;
+        let readiness = Readiness::new();
+        let termination = shutdown_signal(nuop_core::telemetry::termination());
+        let controller_options = ControllerOptions {
+            concurrency: cli.concurrency,
+            readiness: readiness.clone(),
+            write_events: cli.write_events,
+        };
+        let run = operate(
+            client.clone(),
+            options,
+            readiness,
+            termination,
+            move |stop| nuop_managed::run(client, settings, controller_options, stop),
+        )
+        .await;
+        anyhow::Ok(run)
+    });
+    // As nuop-standard: cancel what still runs without waiting for blocking threads (a
+    // fetch or script call may occupy one), flush spans, and leave.
+    runtime.shutdown_background();
+    telemetry.shutdown();
+    let code = match result {
+        Ok(Ok(Stopped::Drained | Stopped::TimedOut)) => 0,
+        Ok(Err(e)) => {
+            eprintln!("nuop-managed: {e}");
+            1
+        }
+        Err(e) => {
+            eprintln!("nuop-managed: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
 }

@@ -1,0 +1,175 @@
+//! nuop-managed: controllers from git-synced Nushell scripts, one per mapping, reloaded
+//! without a restart when the scripts change.
+//!
+//! - [`location`]: a source's URL, ref and subdirectory (pure).
+//! - [`refs`]: which refs to fetch and how a `ref` resolves (pure).
+//! - [`backoff`]: when to fetch next after failures (pure).
+//! - [`plan`]: mappings × scripts → controllers, and what changed (pure).
+//! - [`credentials`]: Secret values for a source, never printed.
+//! - [`git`]: fetching and checking out with gix (blocking I/O).
+//! - [`revision`]: loading a checkout's scripts, all or nothing.
+//! - [`sync`]: one task per source, fetching on an interval.
+//! - [`supervisor`]: starts, restarts and stops controllers as revisions arrive.
+//!
+//! [`run`] ties them together under `nuop_core::runtime::operate`.
+
+pub mod backoff;
+pub mod credentials;
+pub mod git;
+pub mod location;
+pub mod plan;
+pub mod refs;
+pub mod revision;
+pub mod supervisor;
+pub mod sync;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::Client;
+use nuop_core::controller::{ControllerOptions, Shutdown};
+use nuop_core::script::ExecutorKind;
+use nuop_crd::ManagedConfig;
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use crate::credentials::SecretReader;
+use crate::supervisor::{SourceState, Supervisor};
+use crate::sync::SourceTask;
+
+/// What [`run`] needs besides a client.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Sources and mappings, as the manager wrote them.
+    pub config: ManagedConfig,
+    /// Time between two fetches of a source.
+    pub sync_interval: Duration,
+    /// Where the sources' bare repositories and checkouts live.
+    pub cache_dir: PathBuf,
+    /// Mounted Secrets (`<dir>/<secret>/<key>`), read before asking the API.
+    pub secrets_dir: Option<PathBuf>,
+    /// The longest one fetch may take.
+    pub fetch_timeout: Duration,
+    /// The executor that runs the scripts.
+    pub executor: ExecutorKind,
+}
+
+/// The cache directory name of source number `index` at `url`: a new URL at the same
+/// position gets a fresh cache.
+pub fn source_dir_name(index: usize, url: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in url.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("source-{index}-{:08x}", hash & 0xffff_ffff)
+}
+
+/// Syncs every source and runs one controller per mapping until `shutdown`.
+///
+/// # Errors
+/// When the cache directory cannot be created.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    options: ControllerOptions,
+    shutdown: Shutdown,
+) -> Result<(), String> {
+    std::fs::create_dir_all(&settings.cache_dir).map_err(|e| {
+        format!(
+            "cannot create the cache directory {}: {e}",
+            settings.cache_dir.display()
+        )
+    })?;
+    let namespace = Some(settings.config.nu_operator.namespace.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("POD_NAMESPACE").ok());
+    let secrets = SecretReader {
+        dir: settings.secrets_dir.clone(),
+        api: namespace.map(|n| (client.clone(), n)),
+    };
+    let (reports, mut received) = mpsc::channel(16);
+    let mut states = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, source) in settings.config.sources.iter().enumerate() {
+        match location::parse(
+            &source.location,
+            source.git_ref.as_deref(),
+            source.path.as_deref(),
+        ) {
+            Ok(location) => {
+                let cache = settings
+                    .cache_dir
+                    .join(source_dir_name(index, &location.url));
+                states.push(SourceState {
+                    location: location.url.clone(),
+                    cache: Some(cache.clone()),
+                    ..SourceState::default()
+                });
+                let task = SourceTask {
+                    index,
+                    location,
+                    credentials: source.credentials.clone(),
+                    secrets: secrets.clone(),
+                    cache,
+                    interval: settings.sync_interval,
+                    fetch_timeout: settings.fetch_timeout,
+                    executor: settings.executor,
+                    reports: reports.clone(),
+                };
+                tasks.spawn(task.run(shutdown.clone()));
+            }
+            Err(e) => {
+                error!(source = index, "source cannot be used: {e}");
+                states.push(SourceState {
+                    location: location::redact(&source.location),
+                    last_error: Some(e.to_string()),
+                    ..SourceState::default()
+                });
+            }
+        }
+    }
+    drop(reports);
+    info!(
+        sources = states.len(),
+        mappings = settings.config.mappings.len(),
+        interval = ?settings.sync_interval,
+        "managed mode starting"
+    );
+    let mut supervisor = Supervisor::new(
+        client,
+        settings.config.mappings.clone(),
+        options,
+        states,
+        shutdown.clone(),
+    );
+    if settings.config.sources.is_empty() {
+        supervisor.apply().await;
+    }
+    loop {
+        tokio::select! {
+            report = received.recv() => match report {
+                Some(report) => supervisor.handle(report).await,
+                None => break,
+            },
+            () = shutdown.clone() => break,
+        }
+    }
+    tasks.abort_all();
+    supervisor.finish().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_directories_differ_by_position_and_url() {
+        let a = source_dir_name(0, "git://h/a.git");
+        assert!(a.starts_with("source-0-"), "{a}");
+        assert_eq!(a, source_dir_name(0, "git://h/a.git"));
+        assert_ne!(a, source_dir_name(0, "git://h/b.git"));
+        assert_ne!(a, source_dir_name(1, "git://h/a.git"));
+    }
+}
