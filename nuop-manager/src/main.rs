@@ -28,17 +28,51 @@ struct Cli {
     /// NuOperators reconciled at once.
     #[arg(long, env = "NUOP_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
-    /// Log format: plain or json.
+    /// Log format: plain or json (filter with RUST_LOG). Spans go over OTLP when
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
     #[arg(long, env = "NUOP_LOG_FORMAT", default_value = "plain")]
     log_format: String,
     #[command(flatten)]
     operate: OperateArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    nuop_core::telemetry::init_logs(&cli.log_format).map_err(anyhow::Error::msg)?;
+    // Telemetry starts outside the async runtime: the OTLP exporter's blocking HTTP
+    // client must not be created (or dropped) on a runtime thread.
+    let telemetry = match nuop_core::telemetry::init("nuop-manager", &cli.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("nuop-manager: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("nuop-manager: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Nothing may act once the lease is lost: cancel what still runs without waiting,
+    // then flush buffered spans.
+    runtime.shutdown_background();
+    telemetry.shutdown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // Includes a lost lease: exit non-zero so the pod restarts as a standby.
+        Err(e) => {
+            eprintln!("nuop-manager: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = cli
         .operate
         .resolve("nuop-manager")
@@ -62,5 +96,5 @@ async fn main() -> anyhow::Result<ExitCode> {
         move |shutdown| nuop_manager::run(controller_client, options, shutdown),
     )
     .await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
