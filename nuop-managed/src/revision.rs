@@ -40,6 +40,11 @@ pub struct Revision {
 /// # Errors
 /// A message listing every script that failed, or saying the root is unreadable.
 pub async fn load(commit: &str, root: &Path, kind: ExecutorKind) -> Result<Revision, String> {
+    // Nushell's `merge_env` (run when a script is loaded) moves the whole process into
+    // the script's directory. Checkouts come and go: a process whose working directory
+    // was removed cannot open the cache repository any more (gix resolves paths against
+    // it). Scripts get their directory as `$env.PWD` regardless.
+    nu_protocol::engine::UPDATE_CWD.store(false, std::sync::atomic::Ordering::Relaxed);
     let (loaded, rejected) = load_scripts(root, kind)
         .await
         .map_err(|e| format!("cannot read {}: {e}", root.display()))?;
@@ -165,9 +170,12 @@ def "main reconcile" [] { exit 0 }
         let root = tempfile::tempdir().expect("tempdir");
         write(root.path(), "a", SCRIPT);
         write(root.path(), "b", SCRIPT);
+        let cwd = std::env::current_dir().expect("cwd");
         let first = load("c1", root.path(), ExecutorKind::Embedded)
             .await
             .expect("loads");
+        // Loading must not move the process into a checkout that may be removed.
+        assert_eq!(std::env::current_dir().expect("cwd"), cwd);
         assert_eq!(first.scripts.keys().collect::<Vec<_>>(), ["a", "b"]);
         let print = |r: &Revision, s: &str| r.scripts[s].available.fingerprint.clone();
 

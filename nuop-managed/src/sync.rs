@@ -116,8 +116,12 @@ impl SourceTask {
             source: self.index,
             error,
         };
+        debug!(source = %self.location, "fetching");
         let commit = match self.fetch().await {
-            Ok(commit) => commit,
+            Ok(commit) => {
+                debug!(source = %self.location, %commit, "fetched");
+                commit
+            }
             Err(error) => {
                 warn!(source = %self.location, "fetch failed, keeping the last good revision: {error}");
                 return ("failure", failed(error));

@@ -88,9 +88,11 @@ impl Daemon {
     /// Serves every repository under `base` (read-only, all exported).
     pub fn serve(base: &Path) -> Self {
         let port = free_port();
-        let child = Command::new("git")
+        // `git daemon` would run `git-daemon` as its child, which killing `git` leaves
+        // behind: start the daemon itself.
+        let exec_path = git(base, &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--listen=127.0.0.1",

@@ -1,0 +1,297 @@
+//! Managed mode in-process against the real control plane: scripts from a git
+//! repository served by `git daemon` reconcile ConfigMaps in the test's namespace; new
+//! commits are hot-reloaded, broken ones rejected, an unreachable source keeps the last
+//! good revision running.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Daemon, Repo};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, ResourceExt};
+use nuop_core::controller::{ControllerOptions, shutdown_signal};
+use nuop_core::health::Readiness;
+use nuop_core::metrics::METRICS;
+use nuop_core::script::ExecutorKind;
+use nuop_core::testing::{TestEnv, eventually};
+use nuop_crd::{ManagedConfig, Mapping, OperatorRef, Source};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Stamps each object with `STAMP`.
+const STAMPER: &str = r#"
+def "main config" [] {
+  { name: "stamper", version: "v1", kind: "ConfigMap", namespaces: ["NAMESPACE"] } | to yaml
+}
+def "main reconcile" [] {
+  let obj = $in | from json
+  if ($obj.metadata.annotations? | default {} | get -o "nuop.dev/stamp") == "STAMP" { exit 0 }
+  print ($obj | upsert metadata.annotations."nuop.dev/stamp" "STAMP" | to json)
+  exit 2
+}
+"#;
+
+/// Marks each object kept and logs every call to CALLS.
+const KEEPER: &str = r#"
+def "main config" [] {
+  { name: "keeper", version: "v1", kind: "ConfigMap", namespaces: ["NAMESPACE"] } | to yaml
+}
+def "main reconcile" [] {
+  let obj = $in | from json
+  $"($obj.metadata.name)\n" | save --append "CALLS"
+  if ($obj.metadata.annotations? | default {} | get -o "nuop.dev/kept") == "yes" { exit 0 }
+  print ($obj | upsert metadata.annotations."nuop.dev/kept" "yes" | to json)
+  exit 2
+}
+"#;
+
+fn stamper(namespace: &str, stamp: &str) -> String {
+    STAMPER
+        .replace("NAMESPACE", namespace)
+        .replace("STAMP", stamp)
+}
+
+/// `nuop_managed::run` in the background; stopped when dropped.
+struct Managed {
+    readiness: Arc<Readiness>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), String>>,
+    _cache: tempfile::TempDir,
+}
+
+impl Managed {
+    async fn start(env: &TestEnv, sources: Vec<Source>, mappings: Vec<Mapping>) -> Self {
+        // Logs help when a test fails (cargo shows them); only the first call installs.
+        let _ = nuop_core::telemetry::init_logs("plain");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let settings = nuop_managed::Settings {
+            config: ManagedConfig {
+                nu_operator: OperatorRef {
+                    namespace: env.namespace.clone(),
+                    name: "test".into(),
+                },
+                sources,
+                mappings,
+                sync_interval: 1,
+            },
+            sync_interval: Duration::from_secs(1),
+            cache_dir: cache.path().to_path_buf(),
+            secrets_dir: None,
+            fetch_timeout: Duration::from_secs(30),
+            executor: ExecutorKind::Embedded,
+        };
+        let readiness = Readiness::new();
+        let options = ControllerOptions {
+            readiness: readiness.clone(),
+            ..ControllerOptions::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = shutdown_signal(async move {
+            let _ = stopped.await;
+        });
+        let handle = tokio::spawn(nuop_managed::run(
+            env.client.clone(),
+            settings,
+            options,
+            shutdown,
+        ));
+        Self {
+            readiness,
+            stop: Some(stop),
+            handle,
+            _cache: cache,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(LIMIT, &mut self.handle)
+            .await
+            .expect("stops in time")
+            .expect("task");
+        assert_eq!(result, Ok(()));
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn create(api: &Api<ConfigMap>, name: &str, app: &str) {
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("app".to_string(), app.to_string())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &cm)
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+}
+
+async fn annotation_becomes(api: &Api<ConfigMap>, name: &str, key: &str, value: &str) {
+    eventually(
+        &format!("{name} annotated {key}={value}"),
+        LIMIT,
+        || async {
+            let cm = api.get_opt(name).await.ok().flatten()?;
+            (cm.annotations().get(key).map(String::as_str) == Some(value)).then_some(())
+        },
+    )
+    .await;
+}
+
+fn syncs(url: &str, result: &str) -> u64 {
+    METRICS.source_syncs.with_label_values(&[url, result]).get()
+}
+
+fn calls(file: &Path) -> usize {
+    std::fs::read_to_string(file)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_new_commit_reloads_only_its_controller_and_a_broken_one_is_rejected() {
+    let env = TestEnv::new("managed-hot-reload").await;
+    let api: Api<ConfigMap> = env.api();
+    let repo = Repo::new();
+    let calls_file = repo.tmp.path().join("keeper-calls.log");
+    repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "v1"));
+    repo.write(
+        "scripts/keeper/mod.nu",
+        &KEEPER
+            .replace("NAMESPACE", &env.namespace)
+            .replace("CALLS", &calls_file.display().to_string()),
+    );
+    repo.write("README.md", "not a script\n");
+    repo.commit("v1");
+    let daemon = Daemon::serve(repo.tmp.path());
+    let url = daemon.url("repo");
+    let managed = Managed::start(
+        &env,
+        vec![Source::new(format!("{url}?ref=main&dir=scripts"))],
+        vec![
+            Mapping::new("stamper", "v1", "ConfigMap").with_label_selector("app", "stamp"),
+            // No timed requeues: every keeper call comes from a watch event or a start.
+            Mapping::new("keeper", "v1", "ConfigMap")
+                .with_label_selector("app", "keep")
+                .with_requeue_after_change(3600)
+                .with_requeue_after_noop(3600),
+        ],
+    )
+    .await;
+
+    create(&api, "stamped-a", "stamp").await;
+    create(&api, "kept", "keep").await;
+    annotation_becomes(&api, "stamped-a", "nuop.dev/stamp", "v1").await;
+    annotation_becomes(&api, "kept", "nuop.dev/kept", "yes").await;
+    // The mapping's selector narrows the script's watch.
+    let kept = api.get("kept").await.expect("get kept");
+    assert!(!kept.annotations().contains_key("nuop.dev/stamp"));
+    eventually("ready", LIMIT, || async { managed.readiness.check().ok() }).await;
+    // The keeper reconciled its object once (changed) and once more (the update's event).
+    eventually("two keeper calls", LIMIT, || async {
+        (calls(&calls_file) >= 2).then_some(())
+    })
+    .await;
+    let keeper_calls = calls(&calls_file);
+
+    // Hot reload: only the stamper changes, and all its objects get the new stamp.
+    repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "v2"));
+    repo.commit("v2");
+    annotation_becomes(&api, "stamped-a", "nuop.dev/stamp", "v2").await;
+    create(&api, "stamped-b", "stamp").await;
+    annotation_becomes(&api, "stamped-b", "nuop.dev/stamp", "v2").await;
+    assert_eq!(
+        calls(&calls_file),
+        keeper_calls,
+        "the keeper was restarted although its script did not change"
+    );
+
+    // A broken script rejects the whole revision; v2 keeps reconciling.
+    let rejected_before = syncs(&url, "rejected");
+    repo.write("scripts/stamper/mod.nu", "def \"main config\" [ {\n");
+    repo.commit("broken");
+    eventually("the broken revision rejected", LIMIT, || async {
+        (syncs(&url, "rejected") > rejected_before).then_some(())
+    })
+    .await;
+    create(&api, "stamped-c", "stamp").await;
+    annotation_becomes(&api, "stamped-c", "nuop.dev/stamp", "v2").await;
+    assert_eq!(managed.readiness.check(), Ok(()));
+
+    // Fixing it is picked up again.
+    repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "v3"));
+    repo.commit("v3");
+    annotation_becomes(&api, "stamped-c", "nuop.dev/stamp", "v3").await;
+    managed.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_source_keeps_the_last_good_revision_running() {
+    let env = TestEnv::new("managed-unreachable").await;
+    let api: Api<ConfigMap> = env.api();
+    let repo = Repo::new();
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "up"));
+    repo.commit("first");
+    let daemon = Daemon::serve(repo.tmp.path());
+    let url = daemon.url("repo");
+    let managed = Managed::start(
+        &env,
+        vec![Source::new(&url)],
+        vec![Mapping::new("stamper", "v1", "ConfigMap")],
+    )
+    .await;
+    create(&api, "before", "x").await;
+    annotation_becomes(&api, "before", "nuop.dev/stamp", "up").await;
+
+    let failures_before = syncs(&url, "failure");
+    drop(daemon);
+    eventually("a failed fetch counted", LIMIT, || async {
+        (syncs(&url, "failure") > failures_before).then_some(())
+    })
+    .await;
+    create(&api, "after", "x").await;
+    annotation_becomes(&api, "after", "nuop.dev/stamp", "up").await;
+    // Fetched once: still ready.
+    assert_eq!(managed.readiness.check(), Ok(()));
+    managed.stop().await;
+}
+
+#[tokio::test]
+async fn a_source_never_fetched_keeps_the_process_unready_with_the_reason() {
+    let env = TestEnv::new("managed-never-fetched").await;
+    let url = format!("git://127.0.0.1:{}/nothing", common::free_port());
+    let managed = Managed::start(
+        &env,
+        vec![Source::new(&url)],
+        vec![Mapping::new("stamper", "v1", "ConfigMap")],
+    )
+    .await;
+    let reason = eventually("a failed first fetch", LIMIT, || async {
+        managed
+            .readiness
+            .check()
+            .err()
+            .filter(|r| r.contains("has no good revision"))
+    })
+    .await;
+    assert!(reason.contains(&url), "{reason}");
+    assert!(syncs(&url, "failure") >= 1);
+    managed.stop().await;
+}
