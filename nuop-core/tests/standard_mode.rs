@@ -44,6 +44,24 @@ fn configmap(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     }
 }
 
+/// A script over ConfigMaps labelled `x=y` with `finalizer`, whose `finalize` appends
+/// the object's name to `finalized.log` beside the script.
+fn finalizing_script(name: &str, finalizer: &str) -> String {
+    format!(
+        r#"
+def "main config" [] {{
+  {{ name: "{name}", version: "v1", kind: "ConfigMap", labelSelectors: {{ x: "y" }}, finalizer: "{finalizer}" }} | to yaml
+}}
+def "main reconcile" [] {{ exit 0 }}
+def "main finalize" [] {{
+  let obj = $in | from json
+  $"($obj.metadata.name)\n" | save --append ($env.FILE_PWD | path join "finalized.log")
+  exit 0
+}}
+"#
+    )
+}
+
 async fn events_for(env: &TestEnv, name: &str) -> Vec<Event> {
     Api::<Event>::namespaced(env.client.clone(), &env.namespace)
         .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
@@ -123,17 +141,7 @@ async fn finalizer_is_added_runs_on_delete_and_is_never_added_to_a_deleting_obje
     let controller = env
         .run_script(
             "finalizing",
-            r#"
-def "main config" [] {
-  { name: "finalizing", version: "v1", kind: "ConfigMap", labelSelectors: { x: "y" }, finalizer: "nuop.dev/test-cleanup" } | to yaml
-}
-def "main reconcile" [] { exit 0 }
-def "main finalize" [] {
-  let obj = $in | from json
-  $"($obj.metadata.name)\n" | save --append ($env.FILE_PWD | path join "finalized.log")
-  exit 0
-}
-"#,
+            &finalizing_script("finalizing", "nuop.dev/test-cleanup"),
             ExecutorKind::Embedded,
         )
         .await;
@@ -185,17 +193,7 @@ async fn an_object_that_leaves_the_selector_is_finalized_and_let_go() {
     let controller = env
         .run_script(
             "releasing",
-            r#"
-def "main config" [] {
-  { name: "releasing", version: "v1", kind: "ConfigMap", labelSelectors: { x: "y" }, finalizer: "nuop.dev/test-release" } | to yaml
-}
-def "main reconcile" [] { exit 0 }
-def "main finalize" [] {
-  let obj = $in | from json
-  $"($obj.metadata.name)\n" | save --append ($env.FILE_PWD | path join "finalized.log")
-  exit 0
-}
-"#,
+            &finalizing_script("releasing", "nuop.dev/test-release"),
             ExecutorKind::Embedded,
         )
         .await;

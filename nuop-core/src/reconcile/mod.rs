@@ -150,15 +150,7 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let value = object_value(&object, &ctx.resource);
-    // The object's name is `object`, not `name`: JSON logs write each span's own name
-    // under "name", and a second "name" key would hide one of the two.
-    let span = tracing::info_span!(
-        "reconcile",
-        controller = %ctx.config.name,
-        kind = %ctx.resource.kind,
-        namespace = %text(&value, "/metadata/namespace"),
-        object = %text(&value, "/metadata/name"),
-    );
+    let span = object_span(&ctx, &value);
     async move {
         let key = object_key(&value);
         let controller = ctx.config.name.as_str();
@@ -197,6 +189,19 @@ pub async fn reconcile(
     .await
 }
 
+/// The span every log line and trace about one object's reconcile runs in.
+fn object_span(ctx: &Context, object: &Value) -> tracing::Span {
+    // The object's name is `object`, not `name`: JSON logs write each span's own name
+    // under "name", and a second "name" key would hide one of the two.
+    tracing::info_span!(
+        "reconcile",
+        controller = %ctx.config.name,
+        kind = %ctx.resource.kind,
+        namespace = %text(object, "/metadata/namespace"),
+        object = %text(object, "/metadata/name"),
+    )
+}
+
 /// How often [`release`] tries to finalize an object that left the selectors.
 const RELEASE_ATTEMPTS: u32 = 8;
 
@@ -211,13 +216,7 @@ pub async fn release(object: Arc<DynamicObject>, ctx: Arc<Context>) {
         return;
     };
     let value = object_value(&object, &ctx.resource);
-    let span = tracing::info_span!(
-        "release",
-        controller = %ctx.config.name,
-        kind = %ctx.resource.kind,
-        namespace = %text(&value, "/metadata/namespace"),
-        object = %text(&value, "/metadata/name"),
-    );
+    let span = object_span(&ctx, &value);
     async move {
         let key = object_key(&value);
         for attempt in 1..=RELEASE_ATTEMPTS {
