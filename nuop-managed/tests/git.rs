@@ -4,7 +4,8 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use common::{Daemon, Repo};
+use common::{Daemon, HttpGit, Repo};
+use nuop_managed::credentials::Credentials;
 use nuop_managed::git::{checkout, fetch};
 use nuop_managed::location::parse;
 
@@ -100,4 +101,64 @@ fn an_unreachable_remote_is_an_error_not_a_hang() {
     )
     .expect_err("unreachable");
     assert!(err.contains("fetching git://127.0.0.1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smart_http_anonymously_and_never_credentials_in_clear_text() {
+    let repo = Repo::new();
+    repo.write("a/mod.nu", "# one\n");
+    let one = repo.commit("one");
+    let open = HttpGit::serve(repo.tmp.path(), None).await;
+    let guarded = HttpGit::serve(repo.tmp.path(), Some("s3cr3t-token")).await;
+    let cache = tempfile::tempdir().expect("tempdir");
+    let repo_cache = cache.path().join("repo.git");
+    let attempt = |url: String, credentials: Option<Credentials>| {
+        let repo_cache = repo_cache.clone();
+        tokio::task::spawn_blocking(move || {
+            let location = parse(&url, None, None).map_err(|e| e.to_string())?;
+            fetch(&repo_cache, &location, credentials, &AtomicBool::new(false))
+                .map_err(|e| e.to_string())
+        })
+    };
+    assert_eq!(
+        attempt(format!("{}/.git?ref=main", open.url("repo")), None)
+            .await
+            .expect("task"),
+        Ok(one)
+    );
+    assert!(open.served.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // gix sends basic credentials over https only; over http the fetch fails without
+    // the token showing up anywhere.
+    let refused = attempt(
+        format!("{}/.git", guarded.url("repo")),
+        Some(Credentials::token("s3cr3t-token")),
+    )
+    .await
+    .expect("task")
+    .expect_err("refused");
+    assert!(refused.contains("clear text"), "{refused}");
+    assert!(!refused.contains("s3cr3t"), "{refused}");
+    assert!(guarded.refused.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert_eq!(guarded.served.load(std::sync::atomic::Ordering::SeqCst), 0);
+    for entry in walk(cache.path()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("s3cr3t"),
+            "the token is in {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

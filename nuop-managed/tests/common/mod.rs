@@ -135,3 +135,186 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A smart-HTTP git server on 127.0.0.1 (`git http-backend` behind a small axum
+/// server) that, given a token, demands basic authentication with it as the password
+/// (any user name). Stops when dropped.
+pub struct HttpGit {
+    /// Its port.
+    pub port: u16,
+    /// Requests refused for want of the right credentials.
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests served.
+    pub served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl HttpGit {
+    /// Serves the repositories under `base`, requiring `token` as the password if given.
+    pub async fn serve(base: &Path, token: Option<&str>) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let backend = Path::new(&git(base, &["--exec-path"])).join("git-http-backend");
+        let refused = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new((
+            backend,
+            base.to_path_buf(),
+            token.map(str::to_string),
+            refused.clone(),
+            served.clone(),
+        ));
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let state = state.clone();
+            async move {
+                let (backend, base, token, refused, served) = &*state;
+                let authorized = token.is_none()
+                    || request
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Basic "))
+                        .and_then(base64_decode)
+                        .and_then(|pair| {
+                            pair.split_once(':')
+                                .map(|(_, p)| Some(p) == token.as_deref())
+                        })
+                        .unwrap_or(false);
+                if !authorized {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    return axum::response::Response::builder()
+                        .status(401)
+                        .header("WWW-Authenticate", "Basic realm=\"git\"")
+                        .body(axum::body::Body::empty())
+                        .expect("response");
+                }
+                served.fetch_add(1, Ordering::SeqCst);
+                cgi(backend, base, request).await
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            port,
+            refused,
+            served,
+            stop: Some(stop),
+        }
+    }
+
+    /// `http://` URL of the repository `name` under the base path.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for HttpGit {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Runs one request through `git http-backend` as a CGI program.
+async fn cgi(
+    backend: &Path,
+    base: &Path,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use tokio::io::AsyncWriteExt;
+
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .expect("request body");
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut child = tokio::process::Command::new(backend)
+        .env("GIT_PROJECT_ROOT", base)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", parts.method.as_str())
+        .env("PATH_INFO", parts.uri.path())
+        .env("QUERY_STRING", parts.uri.query().unwrap_or_default())
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_USER", "test")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("git http-backend");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&body).await.expect("write body");
+    drop(stdin);
+    let output = child.wait_with_output().await.expect("http-backend output");
+    let split = output
+        .stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| {
+            output
+                .stdout
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|i| (i, 2))
+        })
+        .expect("CGI headers");
+    let head = String::from_utf8_lossy(&output.stdout[..split.0]).into_owned();
+    let mut response = axum::response::Response::builder();
+    for line in head.lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case("status") {
+            let code: u16 = value.trim()[..3].parse().expect("status");
+            response = response.status(code);
+        } else {
+            response = response.header(name.trim(), value.trim());
+        }
+    }
+    response
+        .body(axum::body::Body::from(
+            output.stdout[split.0 + split.1..].to_vec(),
+        ))
+        .expect("response")
+}
+
+fn base64_decode(text: &str) -> Option<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits: u32 = 0;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for byte in text.trim_end_matches('=').bytes() {
+        let value = ALPHABET.iter().position(|b| *b == byte)? as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
