@@ -10,6 +10,7 @@
 //! - [`revision`]: loading a checkout's scripts, all or nothing.
 //! - [`sync`]: one task per source, fetching on an interval.
 //! - [`supervisor`]: starts, restarts and stops controllers as revisions arrive.
+//! - [`status`]: per-source and per-mapping state in the NuOperator's status.
 //!
 //! [`run`] ties them together under `nuop_core::runtime::operate`.
 
@@ -20,6 +21,7 @@ pub mod location;
 pub mod plan;
 pub mod refs;
 pub mod revision;
+pub mod status;
 pub mod supervisor;
 pub mod sync;
 
@@ -34,6 +36,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use crate::credentials::SecretReader;
+use crate::status::StatusWriter;
 use crate::supervisor::{SourceState, Supervisor};
 use crate::sync::SourceTask;
 
@@ -102,7 +105,7 @@ pub async fn run(
                     .cache_dir
                     .join(source_dir_name(index, &location.url));
                 states.push(SourceState {
-                    location: location.url.clone(),
+                    location: location::redact(&source.location),
                     cache: Some(cache.clone()),
                     ..SourceState::default()
                 });
@@ -136,16 +139,21 @@ pub async fn run(
         interval = ?settings.sync_interval,
         "managed mode starting"
     );
+    let operator = &settings.config.nu_operator;
+    let status = (!operator.name.is_empty() && !operator.namespace.is_empty())
+        .then(|| StatusWriter::new(client.clone(), operator.clone()));
     let mut supervisor = Supervisor::new(
         client,
         settings.config.mappings.clone(),
         options,
         states,
+        status,
         shutdown.clone(),
     );
     if settings.config.sources.is_empty() {
         supervisor.apply().await;
     }
+    supervisor.write_status().await;
     loop {
         tokio::select! {
             report = received.recv() => match report {

@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::plan::{self, Available, Desired, MappingProblem};
 use crate::revision::{LoadedScript, Revision};
+use crate::status::{self, StatusWriter};
 use crate::sync::{Report, checkouts_dir};
 
 /// How long a controller being replaced may take to finish its in-flight reconciles.
@@ -60,6 +61,7 @@ pub struct Supervisor {
     running: BTreeMap<String, Running>,
     /// Mappings that do not run, with the reason, as of the last plan.
     pub problems: Vec<MappingProblem>,
+    status: Option<StatusWriter>,
 }
 
 impl Supervisor {
@@ -69,6 +71,7 @@ impl Supervisor {
         mappings: Vec<Mapping>,
         options: ControllerOptions,
         sources: Vec<SourceState>,
+        status: Option<StatusWriter>,
         shutdown: Shutdown,
     ) -> Self {
         let supervisor = Self {
@@ -79,6 +82,7 @@ impl Supervisor {
             sources,
             running: BTreeMap::new(),
             problems: Vec::new(),
+            status,
         };
         supervisor.update_readiness();
         supervisor
@@ -116,6 +120,20 @@ impl Supervisor {
             }
         }
         self.update_readiness();
+        self.write_status().await;
+    }
+
+    /// Reports sources and mappings in the NuOperator's status, when it changed.
+    pub async fn write_status(&mut self) {
+        let desired = status::desired(
+            &self.sources,
+            &self.mappings,
+            &self.running(),
+            &self.problems,
+        );
+        if let Some(writer) = &mut self.status {
+            writer.write(desired).await;
+        }
     }
 
     /// Not ready while any source has no good revision.

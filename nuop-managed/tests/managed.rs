@@ -18,7 +18,7 @@ use nuop_core::health::Readiness;
 use nuop_core::metrics::METRICS;
 use nuop_core::script::ExecutorKind;
 use nuop_core::testing::{TestEnv, eventually};
-use nuop_crd::{ManagedConfig, Mapping, OperatorRef, Source};
+use nuop_crd::{ManagedConfig, Mapping, NuOperator, OperatorRef, Source};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -67,6 +67,17 @@ struct Managed {
 
 impl Managed {
     async fn start(env: &TestEnv, sources: Vec<Source>, mappings: Vec<Mapping>) -> Self {
+        // No NuOperator: no status to write.
+        Self::start_for(env, "", sources, mappings).await
+    }
+
+    /// Like [`Managed::start`], reporting to the NuOperator `operator`.
+    async fn start_for(
+        env: &TestEnv,
+        operator: &str,
+        sources: Vec<Source>,
+        mappings: Vec<Mapping>,
+    ) -> Self {
         // Logs help when a test fails (cargo shows them); only the first call installs.
         let _ = nuop_core::telemetry::init_logs("plain");
         let cache = tempfile::tempdir().expect("tempdir");
@@ -74,7 +85,7 @@ impl Managed {
             config: ManagedConfig {
                 nu_operator: OperatorRef {
                     namespace: env.namespace.clone(),
-                    name: "test".into(),
+                    name: operator.into(),
                 },
                 sources,
                 mappings,
@@ -293,5 +304,76 @@ async fn a_source_never_fetched_keeps_the_process_unready_with_the_reason() {
     .await;
     assert!(reason.contains(&url), "{reason}");
     assert!(syncs(&url, "failure") >= 1);
+    managed.stop().await;
+}
+
+#[tokio::test]
+async fn sources_and_mappings_are_reported_in_the_nuoperator_status() {
+    let env = TestEnv::new("managed-status").await;
+    nuop_crd::install::ensure_crd(env.client.clone(), "nuop-tests", LIMIT)
+        .await
+        .expect("CRD installed");
+    let repo = Repo::new();
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "s"));
+    let commit = repo.commit("first");
+    let daemon = Daemon::serve(repo.tmp.path());
+    let url = daemon.url("repo");
+    let mappings = vec![
+        Mapping::new("stamper", "v1", "ConfigMap"),
+        Mapping::new("missing", "v1", "ConfigMap"),
+    ];
+    let mut operator = NuOperator::test()
+        .named("ops")
+        .in_namespace(&env.namespace)
+        .with_source(Source::new(&url));
+    for m in &mappings {
+        operator = operator.with_mapping(m.clone());
+    }
+    let operators: Api<NuOperator> = env.api();
+    eventually("the NuOperator created", LIMIT, || async {
+        operators
+            .create(&PostParams::default(), &operator)
+            .await
+            .ok()
+    })
+    .await;
+    let managed = Managed::start_for(&env, "ops", vec![Source::new(&url)], mappings).await;
+
+    let status = eventually("sources and mappings in the status", LIMIT, || async {
+        let status = operators.get("ops").await.ok()?.status?;
+        (status.sources.first()?.revision.as_deref() == Some(commit.as_str())
+            && status
+                .mappings
+                .iter()
+                .any(|m| m.name == "stamper" && m.running))
+        .then_some(status)
+    })
+    .await;
+    assert_eq!(status.sources[0].location, url);
+    assert!(status.sources[0].last_sync_time.is_some());
+    assert_eq!(status.sources[0].last_error, None);
+    let missing = status
+        .mappings
+        .iter()
+        .find(|m| m.name == "missing")
+        .expect("missing mapping reported");
+    assert!(!missing.running);
+    assert!(
+        missing
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("no script named `missing`")),
+        "{missing:?}"
+    );
+
+    // The source goes away: the revision stays, the error is reported.
+    drop(daemon);
+    let source = eventually("the fetch error in the status", LIMIT, || async {
+        let status = operators.get("ops").await.ok()?.status?;
+        let source = status.sources.into_iter().next()?;
+        source.last_error.is_some().then_some(source)
+    })
+    .await;
+    assert_eq!(source.revision.as_deref(), Some(commit.as_str()));
     managed.stop().await;
 }

@@ -1,0 +1,164 @@
+//! What the managed pods report in their NuOperator's status: per source the revision in
+//! use, the last successful sync and the last error; per mapping whether its controller
+//! runs and why not. Building it is pure; [`StatusWriter`] server-side applies it.
+//!
+//! Only `status.sources` and `status.mappings` are applied, under the field manager
+//! [`FIELD_MANAGER`]: the manager owns the conditions and replica counts, so neither
+//! side overwrites the other's fields.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::SystemTime;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource as _};
+use nuop_crd::{Mapping, MappingStatus, NuOperator, OperatorRef, SourceStatus};
+use tracing::{debug, warn};
+
+use crate::plan::MappingProblem;
+use crate::supervisor::SourceState;
+
+/// The field manager of the managed pods' status writes.
+pub const FIELD_MANAGER: &str = "nuop-managed";
+
+/// The status entries for `sources` and `mappings` (one per mapping name, in order).
+pub fn desired(
+    sources: &[SourceState],
+    mappings: &[Mapping],
+    running: &BTreeSet<String>,
+    problems: &[MappingProblem],
+) -> (Vec<SourceStatus>, Vec<MappingStatus>) {
+    let sources = sources
+        .iter()
+        .map(|s| SourceStatus {
+            location: s.location.clone(),
+            revision: s.good.as_ref().map(|g| g.commit.clone()),
+            last_sync_time: s.last_sync.and_then(time),
+            last_error: s.last_error.clone(),
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mappings = mappings
+        .iter()
+        // The API keys this list by name: one entry per name.
+        .filter(|m| seen.insert(m.name.clone()))
+        .map(|m| MappingStatus {
+            name: m.name.clone(),
+            running: running.contains(&m.name),
+            message: problems
+                .iter()
+                .find(|p| p.mapping == m.name)
+                .map(|p| p.reason.clone()),
+        })
+        .collect();
+    (sources, mappings)
+}
+
+fn time(at: SystemTime) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::try_from(at).ok().map(Time)
+}
+
+/// Writes the status of one NuOperator when it changed.
+pub struct StatusWriter {
+    client: Client,
+    operator: OperatorRef,
+    last: Option<(Vec<SourceStatus>, Vec<MappingStatus>)>,
+    last_error: Option<String>,
+}
+
+impl StatusWriter {
+    /// A writer for `operator`.
+    pub fn new(client: Client, operator: OperatorRef) -> Self {
+        Self {
+            client,
+            operator,
+            last: None,
+            last_error: None,
+        }
+    }
+
+    /// Applies `status` unless it is what was last written. A failure is logged (once
+    /// per distinct error) and retried at the next change or sync.
+    pub async fn write(&mut self, status: (Vec<SourceStatus>, Vec<MappingStatus>)) {
+        if self.last.as_ref() == Some(&status) {
+            return;
+        }
+        let patch = serde_json::json!({
+            "apiVersion": NuOperator::api_version(&()),
+            "kind": NuOperator::kind(&()),
+            "status": { "sources": status.0, "mappings": status.1 },
+        });
+        let api: Api<NuOperator> = Api::namespaced(self.client.clone(), &self.operator.namespace);
+        match api
+            .patch_status(
+                &self.operator.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                debug!(operator = %self.operator.name, "status written");
+                self.last = Some(status);
+                self.last_error = None;
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if self.last_error.as_ref() != Some(&message) {
+                    warn!(
+                        operator = %self.operator.name,
+                        namespace = %self.operator.namespace,
+                        "cannot write the NuOperator's status: {message}"
+                    );
+                }
+                self.last_error = Some(message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_entry_per_source_and_per_mapping_name() {
+        let sources = [
+            SourceState {
+                location: "git://h/a.git".into(),
+                last_error: Some("unreachable".into()),
+                last_sync: Some(SystemTime::UNIX_EPOCH),
+                ..SourceState::default()
+            },
+            SourceState {
+                location: "git://h/b.git".into(),
+                ..SourceState::default()
+            },
+        ];
+        let mappings = [
+            Mapping::new("a", "v1", "ConfigMap"),
+            Mapping::new("dup", "v1", "ConfigMap"),
+            Mapping::new("dup", "v1", "Secret"),
+        ];
+        let running = BTreeSet::from(["a".to_string()]);
+        let problems = [MappingProblem {
+            mapping: "dup".into(),
+            reason: "2 mappings are named `dup`".into(),
+        }];
+        let (sources, mappings) = desired(&sources, &mappings, &running, &problems);
+        assert_eq!(sources.len(), 2);
+        assert_eq!(sources[0].last_error.as_deref(), Some("unreachable"));
+        assert_eq!(
+            sources[0].last_sync_time.as_ref().map(|t| t.0.as_second()),
+            Some(0)
+        );
+        assert_eq!(sources[1].revision, None);
+        assert_eq!(mappings.len(), 2);
+        assert!(mappings[0].running && mappings[0].message.is_none());
+        assert!(!mappings[1].running);
+        assert_eq!(
+            mappings[1].message.as_deref(),
+            Some("2 mappings are named `dup`")
+        );
+    }
+}
