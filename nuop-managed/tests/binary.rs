@@ -1,0 +1,212 @@
+//! The built `nuop-managed` binary against the real control plane, configured with the
+//! `nuop.yaml` the manager writes for a NuOperator (`ManagedConfig::for_operator`):
+//! probes, metrics, a script from git reconciling, credentials read from a Secret that
+//! never show up in logs, the cache or a script's environment, and a clean exit on
+//! SIGTERM.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Daemon, Repo};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, ResourceExt};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use nuop_core::testing::{TestEnv, eventually, kubeconfig_path};
+use nuop_crd::{ManagedConfig, Mapping, NuOperator, SecretKeyRef, Source};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Stamps each object and dumps its whole environment to ENVFILE.
+const ENV_DUMPER: &str = r#"
+def "main config" [] {
+  { name: "dumper", version: "v1", kind: "ConfigMap", namespaces: ["NAMESPACE"] } | to yaml
+}
+def "main reconcile" [] {
+  let obj = $in | from json
+  $env | to json -r | save --force "ENVFILE"
+  if ($obj.metadata.annotations? | default {} | get -o "nuop.dev/dumped") == "yes" { exit 0 }
+  print ($obj | upsert metadata.annotations."nuop.dev/dumped" "yes" | to json)
+  exit 2
+}
+"#;
+
+/// The managed process; killed when dropped (a failed test must not leave it behind).
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
+
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default())
+            .contains(needle)
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_reconciles_from_git_and_never_leaks_the_token() {
+    let env = TestEnv::new("managed-binary").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let token = format!("tok-{}-secret", env.namespace);
+    let secrets: Api<Secret> = env.api();
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("git-credentials".into()),
+                    ..Default::default()
+                },
+                data: Some([("token".to_string(), ByteString(token.clone().into_bytes()))].into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("secret");
+
+    let repo = Repo::new();
+    let env_file = tmp.path().join("script-env.json");
+    repo.write(
+        "controllers/dumper/mod.nu",
+        &ENV_DUMPER
+            .replace("NAMESPACE", &env.namespace)
+            .replace("ENVFILE", &env_file.display().to_string()),
+    );
+    repo.commit("dumper");
+    let daemon = Daemon::serve(repo.tmp.path());
+    let url = daemon.url("repo");
+
+    // The configuration exactly as the manager renders it for this NuOperator.
+    let operator = NuOperator::test()
+        .named("bin")
+        .in_namespace(&env.namespace)
+        .with_sync_interval(10)
+        .with_source(
+            Source::new(&url)
+                .at_path("controllers")
+                .at_ref("main")
+                .with_token(SecretKeyRef::new("git-credentials", "token")),
+        )
+        .with_mapping(Mapping::new("dumper", "v1", "ConfigMap"));
+    let config = tmp.path().join("nuop.yaml");
+    std::fs::write(
+        &config,
+        ManagedConfig::for_operator(&operator)
+            .to_yaml()
+            .expect("yaml"),
+    )
+    .expect("write config");
+    let cache = tmp.path().join("cache");
+    let log = tmp.path().join("managed.log");
+    let (probes, metrics) = (common::free_port(), common::free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_nuop-managed"))
+        .arg(format!("--health-probe-bind-address=127.0.0.1:{probes}"))
+        .arg(format!("--metrics-bind-address=127.0.0.1:{metrics}"))
+        .env("NUOP_CONFIG", &config)
+        .env("NUOP_CACHE_DIR", &cache)
+        .env("NUOP_SECRETS_DIR", tmp.path().join("no-mounted-secrets"))
+        .env("NUOP_SYNC_INTERVAL", "1")
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("nuop-managed starts");
+    let mut process = Process(child);
+
+    eventually("/readyz to answer 200", LIMIT, || async {
+        (http_get(probes, "/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(http_get(probes, "/healthz").await.map(|r| r.0), Some(200));
+    let configmaps: Api<ConfigMap> = env.api();
+    configmaps
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some("dump-me".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("configmap");
+    eventually("the ConfigMap reconciled", LIMIT, || async {
+        let cm = configmaps.get_opt("dump-me").await.ok().flatten()?;
+        (cm.annotations().get("nuop.dev/dumped").map(String::as_str) == Some("yes")).then_some(())
+    })
+    .await;
+    // Several fetches, each reading the Secret again.
+    let success = format!("nuop_source_syncs_total{{result=\"success\",source=\"{url}\"}}");
+    eventually("three successful syncs", LIMIT, || async {
+        let (_, body) = http_get(metrics, "/metrics").await?;
+        let count: u64 = body
+            .lines()
+            .find(|l| l.starts_with(&success))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        (count >= 3).then_some(())
+    })
+    .await;
+
+    kill(Pid::from_raw(process.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = process.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+
+    let logs = std::fs::read_to_string(&log).expect("logs");
+    assert!(logs.contains("new revision loaded"), "{logs}");
+    assert!(!logs.contains(&token), "the token is in the logs");
+    let script_env = std::fs::read_to_string(&env_file).expect("script env");
+    assert!(script_env.contains("NUOP_CONFIG"), "{script_env}");
+    assert!(
+        !script_env.contains(&token),
+        "the token is in the script's environment"
+    );
+    assert_eq!(files_containing(&cache, &token), Vec::<String>::new());
+}
