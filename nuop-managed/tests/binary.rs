@@ -1,8 +1,8 @@
 //! The built `nuop-managed` binary against the real control plane, configured with the
 //! `nuop.yaml` the manager writes for a NuOperator (`ManagedConfig::for_operator`):
-//! probes, metrics, a script from git reconciling, credentials read from a Secret that
-//! never show up in logs, the cache or a script's environment, and a clean exit on
-//! SIGTERM.
+//! probes, metrics, a script fetched over https (smart HTTP, private CA) with a token
+//! read from a Secret reconciling, the token never in logs, the cache or a script's
+//! environment, and a clean exit on SIGTERM.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, Repo};
+use common::{HttpGit, Repo, Tls};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, PostParams};
@@ -76,7 +76,7 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_binary_reconciles_from_git_and_never_leaks_the_token() {
+async fn the_binary_fetches_over_https_with_a_token_and_never_leaks_it() {
     let env = TestEnv::new("managed-binary").await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let token = format!("tok-{}-secret", env.namespace);
@@ -105,8 +105,9 @@ async fn the_binary_reconciles_from_git_and_never_leaks_the_token() {
             .replace("ENVFILE", &env_file.display().to_string()),
     );
     repo.commit("dumper");
-    let daemon = Daemon::serve(repo.tmp.path());
-    let url = daemon.url("repo");
+    let tls = Tls::new();
+    let server = HttpGit::serve_tls(repo.tmp.path(), Some(&token), &tls).await;
+    let url = format!("{}/.git", server.https_url("repo"));
 
     // The configuration exactly as the manager renders it for this NuOperator.
     let operator = NuOperator::test()
@@ -138,6 +139,7 @@ async fn the_binary_reconciles_from_git_and_never_leaks_the_token() {
         .env("NUOP_CACHE_DIR", &cache)
         .env("NUOP_SECRETS_DIR", tmp.path().join("no-mounted-secrets"))
         .env("NUOP_SYNC_INTERVAL", "1")
+        .env("SSL_CERT_FILE", tls.ca_file())
         .env("KUBECONFIG", kubeconfig_path())
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
@@ -199,6 +201,10 @@ async fn the_binary_reconciles_from_git_and_never_leaks_the_token() {
     };
     assert!(status.success(), "exit status {status}");
 
+    // The server asked for credentials and got the right ones.
+    use std::sync::atomic::Ordering::SeqCst;
+    assert!(server.refused.load(SeqCst) > 0);
+    assert!(server.served.load(SeqCst) > 0);
     let logs = std::fs::read_to_string(&log).expect("logs");
     assert!(logs.contains("new revision loaded"), "{logs}");
     assert!(!logs.contains(&token), "the token is in the logs");
