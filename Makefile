@@ -97,11 +97,12 @@ bench: tools ## Per-call cost of each executor, side by side, with their ratio.
 BENCH_OBJECTS ?= 1000
 
 .PHONY: bench-e2e
-bench-e2e: tools ## nuop (embedded, process) next to a hand-written kube-rs controller on the local control plane.
-	$(CARGO) build --release --target-dir target/bench -p nuop-standard
+bench-e2e: tools ## nuop (embedded, process, managed) next to a hand-written kube-rs controller on the local control plane.
+	$(CARGO) build --release --target-dir target/bench -p nuop-standard -p nuop-managed
 	@kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); eval "$$($(CONTROL_PLANE) env)"; \
 	  NUOP_NU=$(NU) $(CARGO) bench --target-dir target/bench -p nuop-core --bench e2e -- \
-	    --objects $(BENCH_OBJECTS) --nuop-standard $(CURDIR)/target/bench/release/nuop-standard
+	    --objects $(BENCH_OBJECTS) --nuop-standard $(CURDIR)/target/bench/release/nuop-standard \
+	    --nuop-managed $(CURDIR)/target/bench/release/nuop-managed
 
 ##@ Deployment
 

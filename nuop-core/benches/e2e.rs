@@ -14,10 +14,12 @@
 //!
 //! `embedded-no-events` is the embedded executor with `--write-events false`: nuop
 //! records every write as an Event by default, one more etcd write per change that the
-//! reference does not make.
+//! reference does not make. `managed` is `nuop-managed` fetching the same script from a
+//! git repository (file://) with the configuration the manager writes for a NuOperator.
 //!
 //! Arguments: `--objects N` (1000), `--updates N` (100), `--variants a,b,c`
-//! (`embedded,embedded-no-events,process,reference`), `--nuop-standard PATH` (the release binary),
+//! (`embedded,embedded-no-events,process,managed,reference`), `--nuop-standard PATH`
+//! and `--nuop-managed PATH` (the release binaries),
 //! `--concurrency N` (8, the same for every variant). Needs `KUBECONFIG`; the process
 //! variant needs `nu` (`NUOP_NU` or `PATH`). No assertions: numbers are for reading.
 
@@ -64,6 +66,7 @@ struct Args {
     updates: usize,
     variants: Vec<String>,
     nuop_standard: PathBuf,
+    nuop_managed: PathBuf,
     concurrency: usize,
 }
 
@@ -71,10 +74,17 @@ fn parse_args(args: &[String]) -> Args {
     let mut parsed = Args {
         objects: 1000,
         updates: 100,
-        variants: ["embedded", "embedded-no-events", "process", "reference"]
-            .map(String::from)
-            .to_vec(),
+        variants: [
+            "embedded",
+            "embedded-no-events",
+            "process",
+            "managed",
+            "reference",
+        ]
+        .map(String::from)
+        .to_vec(),
         nuop_standard: PathBuf::from("target/bench/release/nuop-standard"),
+        nuop_managed: PathBuf::from("target/bench/release/nuop-managed"),
         concurrency: 8,
     };
     let mut it = args.iter();
@@ -89,6 +99,7 @@ fn parse_args(args: &[String]) -> Args {
             "--updates" => parsed.updates = value().parse().expect("--updates N"),
             "--variants" => parsed.variants = value().split(',').map(str::to_string).collect(),
             "--nuop-standard" => parsed.nuop_standard = value().into(),
+            "--nuop-managed" => parsed.nuop_managed = value().into(),
             "--concurrency" => parsed.concurrency = value().parse().expect("--concurrency N"),
             // `cargo bench` passes `--bench`; filters are not used.
             _ => {}
@@ -218,7 +229,9 @@ fn spawn_controller(
     workdir: &Path,
 ) -> tokio::process::Child {
     let log = std::fs::File::create(workdir.join(format!("{variant}.log"))).expect("log file");
-    let mut command = if variant == "reference" {
+    let mut command = if variant == "managed" {
+        managed_command(args, namespace, workdir)
+    } else if variant == "reference" {
         let mut c = tokio::process::Command::new(std::env::current_exe().expect("own path"));
         c.args([
             "--reference-controller",
@@ -262,6 +275,59 @@ fn spawn_controller(
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start the {variant} controller: {e}"))
+}
+
+/// `nuop-managed` fetching the bench script from a git repository (file://), with the
+/// configuration the manager would write for a NuOperator with one mapping.
+fn managed_command(args: &Args, namespace: &str, workdir: &Path) -> tokio::process::Command {
+    let repo = workdir.join("repo-managed");
+    std::fs::create_dir_all(repo.join("bench")).expect("repo dir");
+    std::fs::write(repo.join("bench/mod.nu"), script(namespace)).expect("script");
+    for git in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@nuop.dev",
+            "commit",
+            "-qm",
+            "bench",
+        ],
+    ] {
+        let status = std::process::Command::new("git")
+            .args(git)
+            .current_dir(&repo)
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "git {git:?} failed");
+    }
+    let config = workdir.join("nuop.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "nuOperator: {{namespace: {namespace}, name: bench}}\n\
+             sources:\n- location: file://{}\n\
+             mappings:\n- name: bench\n  version: v1\n  kind: ConfigMap\n  \
+             labelSelectors: {{\"{BENCH_LABEL}\": \"true\"}}\n\
+             syncInterval: 3600\n",
+            repo.display()
+        ),
+    )
+    .expect("write nuop.yaml");
+    let mut c = tokio::process::Command::new(&args.nuop_managed);
+    c.arg("--config").arg(&config);
+    c.arg("--cache-dir").arg(workdir.join("cache-managed"));
+    c.args([
+        "--concurrency",
+        &args.concurrency.to_string(),
+        "--metrics-bind-address",
+        "0",
+        "--health-probe-bind-address",
+        "127.0.0.1:0",
+    ]);
+    c
 }
 
 fn supports_flag(binary: &Path, flag: &str) -> bool {
@@ -468,10 +534,22 @@ async fn main() {
         return;
     }
     let args = parse_args(&raw);
-    if args.variants.iter().any(|v| v != "reference") && !args.nuop_standard.exists() {
-        panic!(
-            "{} does not exist: build it with `cargo build --release --target-dir target/bench -p nuop-standard` (make bench-e2e does)",
-            args.nuop_standard.display()
+    for (binary, needed) in [
+        (
+            &args.nuop_standard,
+            args.variants
+                .iter()
+                .any(|v| v != "reference" && v != "managed"),
+        ),
+        (
+            &args.nuop_managed,
+            args.variants.iter().any(|v| v == "managed"),
+        ),
+    ] {
+        assert!(
+            !needed || binary.exists(),
+            "{} does not exist: build it with `cargo build --release --target-dir target/bench -p nuop-standard -p nuop-managed` (make bench-e2e does)",
+            binary.display()
         );
     }
     let client = Client::try_default()
