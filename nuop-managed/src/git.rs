@@ -62,9 +62,6 @@ pub fn fetch(
     credentials: Option<Credentials>,
     interrupt: &AtomicBool,
 ) -> Result<String, GitError> {
-    // gix's https goes through reqwest, built without a rustls provider of its own:
-    // use kube's (ring) as the process default. Installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let repo = open_or_init(cache)?;
     let operation = format!("fetching {}", location.url);
     let specs = refs::refspecs(location.git_ref.as_deref());

@@ -438,7 +438,7 @@ impl Tls {
             .expect("certificates");
         let key = PrivateKeyDer::from_pem_file(self.dir.path().join("leaf.key")).expect("key");
         let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(
-            std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()),
+            std::sync::Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider()),
         )
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
