@@ -37,15 +37,21 @@ fn failed<E: fmt::Display>(operation: impl Into<String>) -> impl FnOnce(E) -> Gi
     }
 }
 
-/// Opens the bare cache repository at `dir`, creating it when missing.
+/// Opens the bare cache repository at `dir`, creating it when missing and starting
+/// over when it is damaged (it is only a cache).
 fn open_or_init(dir: &Path) -> Result<gix::Repository, GitError> {
-    if dir.join("HEAD").is_file() {
-        gix::open(dir).map_err(failed(format!("opening cache {}", dir.display())))
-    } else {
-        std::fs::create_dir_all(dir)
-            .map_err(failed(format!("creating cache {}", dir.display())))?;
-        gix::init_bare(dir).map_err(failed(format!("creating cache {}", dir.display())))
+    if dir.exists() {
+        match gix::open(dir) {
+            Ok(repo) => return Ok(repo),
+            Err(e) => {
+                tracing::warn!("cache {} is unusable, starting over: {e}", dir.display());
+                std::fs::remove_dir_all(dir)
+                    .map_err(failed(format!("removing cache {}", dir.display())))?;
+            }
+        }
     }
+    std::fs::create_dir_all(dir).map_err(failed(format!("creating cache {}", dir.display())))?;
+    gix::init_bare(dir).map_err(failed(format!("creating cache {}", dir.display())))
 }
 
 /// Fetches `location` into the cache repository at `cache` and returns the commit

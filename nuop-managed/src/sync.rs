@@ -76,6 +76,9 @@ pub fn checkouts_dir(cache: &Path) -> PathBuf {
 impl SourceTask {
     /// Syncs until `shutdown`.
     pub async fn run(self, shutdown: Shutdown) {
+        // Checkouts left by an earlier process may be partial (killed mid-removal) and
+        // nothing uses them yet: start clean. The bare repository is kept.
+        let _ = tokio::fs::remove_dir_all(checkouts_dir(&self.cache)).await;
         let label = self.location.url.clone();
         let mut current: Option<String> = None;
         let mut rejected: Option<(String, String)> = None;
@@ -183,8 +186,9 @@ impl SourceTask {
         }
     }
 
-    /// Checks `commit` out into its own directory (reused when a previous run left it
-    /// complete) and loads its scripts; a rejected checkout is removed.
+    /// Checks `commit` out into its own directory (reused while it exists: a kept
+    /// controller may still run from it) and loads its scripts; a rejected checkout is
+    /// removed.
     async fn load(&self, commit: &str) -> Result<Revision, String> {
         let checkouts = checkouts_dir(&self.cache);
         let dest = checkouts.join(commit);

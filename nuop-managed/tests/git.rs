@@ -162,3 +162,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_damaged_cache_is_rebuilt() {
+    let repo = Repo::new();
+    repo.write("a/mod.nu", "# one\n");
+    let one = repo.commit("one");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let repo_cache = cache.path().join("repo.git");
+    std::fs::create_dir_all(&repo_cache).expect("mkdir");
+    std::fs::write(repo_cache.join("HEAD"), "garbage").expect("write");
+    assert_eq!(fetch_url(&repo_cache, &repo.file_url()), Ok(one));
+}
