@@ -108,7 +108,6 @@ impl Supervisor {
                     state.last_error = None;
                     if let Some(revision) = revision {
                         state.good = Some(*revision);
-                        self.update_readiness();
                         self.apply().await;
                     }
                 }
@@ -212,6 +211,9 @@ impl Supervisor {
     }
 
     fn start(&self, desired: Desired, script: &LoadedScript, root: PathBuf) -> Running {
+        // Registered now, not when the task first runs: readiness must not flash ready
+        // between the source's blocker going and the controller's first list.
+        self.options.readiness.register(&desired.mapping);
         let (stop, stopped) = oneshot::channel::<()>();
         let global = self.shutdown.clone();
         let shutdown = shutdown_signal(async move {
