@@ -388,3 +388,16 @@ async fn embedded_calls_run_concurrently_and_exit_does_not_end_the_process() {
         );
     }
 }
+
+#[test]
+fn loading_a_script_leaves_the_process_working_directory_alone() {
+    let before = std::env::current_dir().expect("cwd");
+    let script = script("add-label");
+    ScriptRunner::load_with(ExecutorKind::Embedded, &script, nu_binary()).expect("load");
+    assert_eq!(
+        std::env::current_dir().expect("cwd"),
+        before,
+        "loading {} moved the operator's working directory",
+        script.dir.display()
+    );
+}

@@ -40,11 +40,6 @@ pub struct Revision {
 /// # Errors
 /// A message listing every script that failed, or saying the root is unreadable.
 pub async fn load(commit: &str, root: &Path, kind: ExecutorKind) -> Result<Revision, String> {
-    // Nushell's `merge_env` (run when a script is loaded) moves the whole process into
-    // the script's directory. Checkouts come and go: a process whose working directory
-    // was removed cannot open the cache repository any more (gix resolves paths against
-    // it). Scripts get their directory as `$env.PWD` regardless.
-    nu_protocol::engine::UPDATE_CWD.store(false, std::sync::atomic::Ordering::Relaxed);
     let (loaded, rejected) = load_scripts(root, kind)
         .await
         .map_err(|e| format!("cannot read {}: {e}", root.display()))?;

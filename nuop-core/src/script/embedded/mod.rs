@@ -42,6 +42,11 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 static BASE_ENGINE: LazyLock<EngineState> = LazyLock::new(build_base_engine);
 
 fn build_base_engine() -> EngineState {
+    // Nushell's `merge_env` (run when a script is loaded) would otherwise move the whole
+    // process into that script's directory: the operator's working directory must not
+    // depend on which script loaded last, nor vanish with a replaced git checkout.
+    // Scripts get their own directory as `$env.PWD` regardless.
+    nu_protocol::engine::UPDATE_CWD.store(false, std::sync::atomic::Ordering::Relaxed);
     let mut engine = nu_cmd_lang::create_default_context();
     engine = nu_command::add_shell_command_context(engine);
     let delta = {
