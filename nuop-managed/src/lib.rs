@@ -11,6 +11,7 @@
 //! - [`sync`]: one task per source, fetching on an interval.
 //! - [`supervisor`]: starts, restarts and stops controllers as revisions arrive.
 //! - [`status`]: per-source and per-mapping state in the NuOperator's status.
+//! - [`mode`]: managed or standard, from `NUOP_MODE` (pure).
 //!
 //! [`run`] ties them together under `nuop_core::runtime::operate`.
 
@@ -18,6 +19,7 @@ pub mod backoff;
 pub mod credentials;
 pub mod git;
 pub mod location;
+pub mod mode;
 pub mod plan;
 pub mod refs;
 pub mod revision;

@@ -18,7 +18,7 @@ use nuop_crd::ManagedConfig;
 #[command(name = "nuop-managed", version, about)]
 struct Cli {
     /// The configuration the manager writes (`nuop.yaml`: sources and mappings).
-    #[arg(long, env = "NUOP_CONFIG", default_value = "/etc/nuop/nuop.yaml")]
+    #[arg(long, env = "NUOP_CONFIG", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Seconds between two fetches of each source [default: the configuration's].
     #[arg(long, env = "NUOP_SYNC_INTERVAL")]
@@ -49,7 +49,21 @@ struct Cli {
     operate: OperateArgs,
 }
 
+/// Where the managed configuration is mounted when no flag or env var says otherwise.
+const DEFAULT_CONFIG: &str = "/etc/nuop/nuop.yaml";
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let has_config = args
+        .iter()
+        .any(|a| a.to_string_lossy().starts_with("--config"))
+        || std::env::var_os("NUOP_CONFIG").is_some()
+        || std::path::Path::new(DEFAULT_CONFIG).exists();
+    let mode = std::env::var("NUOP_MODE").ok();
+    match nuop_managed::mode::decide(mode.as_deref(), has_config).map_err(anyhow::Error::msg)? {
+        nuop_managed::mode::Mode::Managed => {}
+        nuop_managed::mode::Mode::Standard => return become_standard(&args),
+    }
     let cli = Cli::parse();
     let text = std::fs::read_to_string(&cli.config)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", cli.config.display()))?;
@@ -108,4 +122,20 @@ fn main() -> anyhow::Result<()> {
         }
     };
     std::process::exit(code);
+}
+
+/// Replaces this process with `nuop-standard` from the same directory, with the same
+/// arguments: it stays PID 1 and receives the pod's signals itself.
+fn become_standard(args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let me = std::env::current_exe()?;
+    let standard = me.with_file_name("nuop-standard");
+    let error = std::process::Command::new(&standard)
+        .args(args.iter().skip(1))
+        .exec();
+    Err(anyhow::anyhow!(
+        "standard mode (NUOP_MODE unset and no managed configuration at {DEFAULT_CONFIG}): \
+         cannot run {}: {error}",
+        standard.display()
+    ))
 }
