@@ -19,7 +19,7 @@ pub const MAX_NAME_LENGTH: usize = 63;
 pub enum Problem {
     /// Two or more mappings share a name.
     DuplicateMappingName(String),
-    /// A source location is neither a git URL (https, http, file) nor an absolute path.
+    /// A source location is neither a git URL (https, http, git, file) nor an absolute path.
     InvalidSourceLocation {
         /// The source's index in `spec.sources`.
         index: usize,
@@ -64,7 +64,7 @@ impl fmt::Display for Problem {
             }
             Self::InvalidSourceLocation { index, location } => write!(
                 f,
-                "spec.sources[{index}].location `{location}` is neither a git URL (https, http, file) nor an absolute path"
+                "spec.sources[{index}].location `{location}` is neither a git URL (https, http, git, file) nor an absolute path"
             ),
             // The location itself is not repeated: it holds a secret.
             Self::CredentialsInLocation { index } => write!(
@@ -137,7 +137,7 @@ enum Location {
     WithCredentials,
 }
 
-/// Accepts `scheme://host[:port]/path` for https and http, `file:///abs/path`, and an
+/// Accepts `scheme://host[:port]/path` for https, http and git, `file:///abs/path`, and an
 /// absolute path: the transports `nuop-managed` fetches over. Anything with whitespace or control characters is invalid.
 fn check_location(location: &str) -> Location {
     if location.is_empty()
@@ -161,7 +161,7 @@ fn check_location(location: &str) -> Location {
                 Location::Invalid
             }
         }
-        "https" | "http" => {
+        "https" | "http" | "git" => {
             let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
             let (userinfo, host_port) = match authority.rsplit_once('@') {
                 Some((userinfo, host_port)) => (Some(userinfo), host_port),
@@ -230,6 +230,7 @@ mod tests {
         let valid = [
             "https://github.com/nuop-dev/nuop.git",
             "http://git.internal:8080/scripts",
+            "git://git.internal/scripts.git",
             "file:///srv/git/scripts",
             "/srv/git/scripts",
             "HTTPS://example.com/x",

@@ -140,7 +140,7 @@ impl Default for NuOperatorSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
-    /// Where to fetch from: an `https://`, `http://` or `file://` git URL, or an absolute
+    /// Where to fetch from: an `https://`, `http://`, `git://` or `file://` git URL, or an absolute
     /// path in the managed container. Never put credentials in it; use `credentials`.
     #[schemars(length(min = 1, max = 2048))]
     pub location: String,
