@@ -157,7 +157,12 @@ pub async fn run(
             let first_lists = first_lists.clone();
             let mut seen = false;
             let release_ctx = releases.then(|| ctx.clone());
-            let trigger = reflector(writer, watcher(api, watcher_config.clone()))
+            // managedFields are dropped as objects arrive: often half of a small object,
+            // they would be cached for every object and sent to every script call. An
+            // update without them leaves the server's copy as it is.
+            let objects = watcher(api, watcher_config.clone())
+                .modify(|object: &mut DynamicObject| object.metadata.managed_fields = None);
+            let trigger = reflector(writer, objects)
                 .inspect(move |event| {
                     if !seen && matches!(event, Ok(watcher::Event::InitDone)) {
                         seen = true;

@@ -398,6 +398,9 @@ async fn config_replicator_skips_excluded_namespaces_and_cleans_up_everywhere() 
 
     let data = strings(&[("k", "v")]);
     configmap_copy(&client, included, &name, &tag, &data).await;
+    // Without an include annotation every non-system namespace gets one; the copies are
+    // written one after another, so wait for `default`'s too.
+    configmap_copy(&client, "default", &name, &tag, &data).await;
     let copy: Option<ConfigMap> = get_in(&client, excluded, &name).await;
     assert!(
         copy.is_none(),
