@@ -366,12 +366,32 @@ async fn sources_and_mappings_are_reported_in_the_nuoperator_status() {
         "{missing:?}"
     );
 
-    // The source goes away: the revision stays, the error is reported.
+    // A broken commit is rejected: the status and the metric say so, the revision stays.
+    repo.write("stamper/mod.nu", "def \"main config\" [ {\n");
+    let broken = repo.commit("broken");
+    let source = eventually("the rejection in the status", LIMIT, || async {
+        let status = operators.get("ops").await.ok()?.status?;
+        let source = status.sources.into_iter().next()?;
+        source
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(&broken) && e.contains("rejected"))
+            .then_some(source)
+    })
+    .await;
+    assert_eq!(source.revision.as_deref(), Some(commit.as_str()));
+    assert!(syncs(&url, "rejected") >= 1);
+
+    // The source goes away: the revision stays, the fetch error is reported.
     drop(daemon);
     let source = eventually("the fetch error in the status", LIMIT, || async {
         let status = operators.get("ops").await.ok()?.status?;
         let source = status.sources.into_iter().next()?;
-        source.last_error.is_some().then_some(source)
+        source
+            .last_error
+            .as_deref()
+            .is_some_and(|e| !e.contains("rejected"))
+            .then_some(source)
     })
     .await;
     assert_eq!(source.revision.as_deref(), Some(commit.as_str()));
