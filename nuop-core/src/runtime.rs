@@ -424,6 +424,48 @@ fn flatten(result: Result<Result<(), String>, tokio::task::JoinError>) -> Result
     }
 }
 
+/// Runs a binary's controllers to the end and returns the process exit code: starts
+/// telemetry (outside the async runtime: the OTLP exporter's blocking HTTP client must
+/// not live on a runtime thread), builds the runtime, runs `main`, then cancels what
+/// still runs without waiting for blocking threads (a script call or fetch cancelled at
+/// the shutdown timeout may still occupy one), flushes spans, and maps the outcome: 0
+/// when the controllers stopped (drained or timed out), 1 on any error — a lost lease
+/// included, so the pod restarts as a standby — printed as `<service>: <error>`.
+pub fn run_to_exit<F, Fut, E>(service: &str, log_format: &str, main: F) -> i32
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Stopped, E>>,
+    E: std::fmt::Display,
+{
+    let telemetry = match crate::telemetry::init(service, log_format) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            return 1;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{service}: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let result = runtime.block_on(main());
+    runtime.shutdown_background();
+    telemetry.shutdown();
+    match result {
+        Ok(Stopped::Drained | Stopped::TimedOut) => 0,
+        Err(e) => {
+            eprintln!("{service}: {e:#}");
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

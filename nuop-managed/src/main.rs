@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use nuop_core::controller::{ControllerOptions, shutdown_signal};
 use nuop_core::health::Readiness;
-use nuop_core::runtime::{OperateArgs, Stopped, operate, parse_duration};
+use nuop_core::runtime::{OperateArgs, operate, parse_duration, run_to_exit};
 use nuop_core::script::ExecutorKind;
 use nuop_crd::ManagedConfig;
 
@@ -82,12 +82,7 @@ fn main() -> anyhow::Result<()> {
         fetch_timeout: cli.fetch_timeout,
         executor: cli.executor,
     };
-    let telemetry =
-        nuop_core::telemetry::init("nuop-managed", &cli.log_format).map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
+    let code = run_to_exit("nuop-managed", &cli.log_format, || async move {
         let client = kube::Client::try_default().await?;
         let readiness = Readiness::new();
         let termination = shutdown_signal(nuop_core::telemetry::termination());
@@ -96,31 +91,16 @@ fn main() -> anyhow::Result<()> {
             readiness: readiness.clone(),
             write_events: cli.write_events,
         };
-        let run = operate(
+        let stopped = operate(
             client.clone(),
             options,
             readiness,
             termination,
             move |stop| nuop_managed::run(client, settings, controller_options, stop),
         )
-        .await;
-        anyhow::Ok(run)
+        .await?;
+        anyhow::Ok(stopped)
     });
-    // As nuop-standard: cancel what still runs without waiting for blocking threads (a
-    // fetch or script call may occupy one), flush spans, and leave.
-    runtime.shutdown_background();
-    telemetry.shutdown();
-    let code = match result {
-        Ok(Ok(Stopped::Drained | Stopped::TimedOut)) => 0,
-        Ok(Err(e)) => {
-            eprintln!("nuop-managed: {e}");
-            1
-        }
-        Err(e) => {
-            eprintln!("nuop-managed: {e:#}");
-            1
-        }
-    };
     std::process::exit(code);
 }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use nuop_core::controller::shutdown_signal;
 use nuop_core::health::Readiness;
-use nuop_core::runtime::{OperateArgs, operate};
+use nuop_core::runtime::{OperateArgs, Stopped, operate, run_to_exit};
 use nuop_manager::Options;
 use nuop_manager::build::Settings;
 
@@ -38,41 +38,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Telemetry starts outside the async runtime: the OTLP exporter's blocking HTTP
-    // client must not be created (or dropped) on a runtime thread.
-    let telemetry = match nuop_core::telemetry::init("nuop-manager", &cli.log_format) {
-        Ok(telemetry) => telemetry,
-        Err(e) => {
-            eprintln!("nuop-manager: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("nuop-manager: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(run(cli));
-    // Nothing may act once the lease is lost: cancel what still runs without waiting,
-    // then flush buffered spans.
-    runtime.shutdown_background();
-    telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        // Includes a lost lease: exit non-zero so the pod restarts as a standby.
-        Err(e) => {
-            eprintln!("nuop-manager: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let log_format = cli.log_format.clone();
+    ExitCode::from(run_to_exit("nuop-manager", &log_format, || run(cli)) as u8)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<Stopped> {
     let runtime = cli
         .operate
         .resolve("nuop-manager")
@@ -88,7 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         readiness: readiness.clone(),
     };
     let controller_client = client.clone();
-    operate(
+    let stopped = operate(
         client,
         runtime,
         readiness,
@@ -96,5 +66,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         move |shutdown| nuop_manager::run(controller_client, options, shutdown),
     )
     .await?;
-    Ok(())
+    Ok(stopped)
 }

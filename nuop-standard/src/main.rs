@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use nuop_core::controller::{ControllerOptions, shutdown_signal};
 use nuop_core::health::Readiness;
 use nuop_core::protocol::Phase;
-use nuop_core::runtime::{OperateArgs, Stopped, operate};
+use nuop_core::runtime::{OperateArgs, operate, run_to_exit};
 use nuop_core::script::ExecutorKind;
 
 /// Kubernetes controllers written as Nushell scripts: one controller per
@@ -64,11 +64,13 @@ const DEFAULT_LEADER_ELECTION_ID: &str = "nuop-standard";
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let dev_runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
-        Some(Command::Check { dir }) => runtime.block_on(async {
+        Some(Command::Check { dir }) => dev_runtime()?.block_on(async {
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
             let broken = nuop_core::devtools::check(&dir, cli.executor, &mut out, &mut err).await?;
             Ok(if broken == 0 {
@@ -81,7 +83,7 @@ fn main() -> anyhow::Result<ExitCode> {
             dir,
             phase,
             timeout,
-        }) => runtime.block_on(async {
+        }) => dev_runtime()?.block_on(async {
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
             let mut input = String::new();
             if phase != Phase::Config {
@@ -105,9 +107,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .operate
                 .resolve(DEFAULT_LEADER_ELECTION_ID)
                 .map_err(anyhow::Error::msg)?;
-            let telemetry = nuop_core::telemetry::init("nuop-standard", &cli.log_format)
-                .map_err(anyhow::Error::msg)?;
-            let result = runtime.block_on(async {
+            let code = run_to_exit("nuop-standard", &cli.log_format, || async move {
                 let client = kube::Client::try_default().await?;
                 let readiness = Readiness::new();
                 let termination = shutdown_signal(nuop_core::telemetry::termination());
@@ -118,7 +118,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 };
                 let scripts = cli.scripts.clone();
                 let executor = cli.executor;
-                let run = operate(
+                let stopped = operate(
                     client.clone(),
                     options,
                     readiness,
@@ -137,27 +137,9 @@ fn main() -> anyhow::Result<ExitCode> {
                         })
                     },
                 )
-                .await;
-                anyhow::Ok(run)
+                .await?;
+                anyhow::Ok(stopped)
             });
-            // Cancel whatever still runs (nothing may act once the lease is lost) without
-            // waiting for blocking threads: a script call cancelled at the shutdown
-            // timeout may still occupy one. Then flush buffered spans and leave.
-            runtime.shutdown_background();
-            telemetry.shutdown();
-            let code = match result {
-                Ok(Ok(Stopped::Drained | Stopped::TimedOut)) => 0,
-                // Includes a lost lease: exit non-zero at once so the pod restarts as a
-                // standby instead of reconciling next to the new leader.
-                Ok(Err(e)) => {
-                    eprintln!("nuop-standard: {e}");
-                    1
-                }
-                Err(e) => {
-                    eprintln!("nuop-standard: {e:#}");
-                    1
-                }
-            };
             std::process::exit(code);
         }
     }
