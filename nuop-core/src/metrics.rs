@@ -32,6 +32,9 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Script source syncs by source and result (managed mode).
     pub source_syncs: IntCounterVec,
+    /// 1 for the revision each source runs (managed mode): one series per source, the
+    /// previous revision's removed when a new one is taken.
+    pub source_revision: IntGaugeVec,
 }
 
 /// The process-wide metrics.
@@ -121,6 +124,11 @@ impl Metrics {
                 "nuop_source_syncs_total",
                 "Script source fetches by source and result (managed mode).",
                 &["source", "result"],
+            ),
+            source_revision: gauge_vec(
+                "nuop_source_revision_info",
+                "1 for the git revision each source runs (managed mode).",
+                &["source", "revision"],
             ),
             registry,
         }

@@ -3,7 +3,8 @@
 //!
 //! A fetch that fails (unreachable server, refused credentials, unknown ref) and a
 //! revision whose scripts do not load are both reported and counted in
-//! `nuop_source_syncs_total{result="failure"|"rejected"}`; the last good revision keeps
+//! `nuop_source_syncs_total{result="failure"|"rejected"}` (the running revision is
+//! `nuop_source_revision_info`); the last good revision keeps
 //! running. Failed fetches back off ([`crate::backoff`]); a rejected commit is not
 //! loaded again until the ref moves.
 
@@ -84,7 +85,19 @@ impl SourceTask {
         let mut rejected: Option<(String, String)> = None;
         let mut failures: u32 = 0;
         loop {
+            let before = current.clone();
             let (result, report) = self.sync_once(&mut current, &mut rejected).await;
+            if current != before {
+                let revisions = &METRICS.source_revision;
+                if let Some(old) = &before {
+                    let _ = revisions.remove_label_values(&[label.as_str(), old.as_str()]);
+                }
+                if let Some(new) = &current {
+                    revisions
+                        .with_label_values(&[label.as_str(), new.as_str()])
+                        .set(1);
+                }
+            }
             METRICS
                 .source_syncs
                 .with_label_values(&[label.as_str(), result])

@@ -170,6 +170,23 @@ fn syncs(url: &str, result: &str) -> u64 {
     METRICS.source_syncs.with_label_values(&[url, result]).get()
 }
 
+/// The revisions `nuop_source_revision_info` reports for `url`.
+fn revisions(url: &str) -> Vec<String> {
+    let source = format!("source=\"{url}\"");
+    nuop_core::metrics::METRICS
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("nuop_source_revision_info{") && l.contains(&source))
+        .filter_map(|l| {
+            l.split("revision=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 fn calls(file: &Path) -> usize {
     std::fs::read_to_string(file)
         .map(|t| t.lines().count())
@@ -224,7 +241,7 @@ async fn a_new_commit_reloads_only_its_controller_and_a_broken_one_is_rejected()
 
     // Hot reload: only the stamper changes, and all its objects get the new stamp.
     repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "v2"));
-    repo.commit("v2");
+    let v2 = repo.commit("v2");
     annotation_becomes(&api, "stamped-a", "nuop.dev/stamp", "v2").await;
     create(&api, "stamped-b", "stamp").await;
     annotation_becomes(&api, "stamped-b", "nuop.dev/stamp", "v2").await;
@@ -233,6 +250,8 @@ async fn a_new_commit_reloads_only_its_controller_and_a_broken_one_is_rejected()
         keeper_calls,
         "the keeper was restarted although its script did not change"
     );
+
+    assert_eq!(revisions(&url), [v2], "the running revision in the metric");
 
     // A broken script rejects the whole revision; v2 keeps reconciling.
     let rejected_before = syncs(&url, "rejected");
