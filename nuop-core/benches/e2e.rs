@@ -257,15 +257,13 @@ fn spawn_controller(
             "--concurrency",
             &args.concurrency.to_string(),
         ]);
-        // Probes and metrics off when this build has them: nothing else may bind.
-        if supports_flag(&args.nuop_standard, "--metrics-bind-address") {
-            c.args([
-                "--metrics-bind-address",
-                "0",
-                "--health-probe-bind-address",
-                "127.0.0.1:0",
-            ]);
-        }
+        // Probes on a free port, metrics off: nothing else may bind.
+        c.args([
+            "--metrics-bind-address",
+            "0",
+            "--health-probe-bind-address",
+            "127.0.0.1:0",
+        ]);
         c
     };
     command
@@ -328,14 +326,6 @@ fn managed_command(args: &Args, namespace: &str, workdir: &Path) -> tokio::proce
         "127.0.0.1:0",
     ]);
     c
-}
-
-fn supports_flag(binary: &Path, flag: &str) -> bool {
-    std::process::Command::new(binary)
-        .arg("--help")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
-        .unwrap_or(false)
 }
 
 async fn run_variant(client: &Client, args: &Args, variant: &str, workdir: &Path) -> Measured {

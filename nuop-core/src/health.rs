@@ -41,10 +41,11 @@ impl Readiness {
 
     /// Marks a controller's watch as having completed its first list.
     pub fn mark_synced(&self, controller: &str) {
-        self.lock().insert(controller.to_string(), true);
+        let mut controllers = self.lock();
+        controllers.insert(controller.to_string(), true);
         METRICS
             .controllers_synced
-            .set(self.lock().values().filter(|s| **s).count() as i64);
+            .set(controllers.values().filter(|s| **s).count() as i64);
     }
 
     /// Forgets a controller (it was stopped on purpose).

@@ -270,6 +270,34 @@ impl TestEnv {
     }
 }
 
+/// Creates `crd` and waits until the API server reports it established. A CRD that
+/// already exists (a parallel run made it first) is fine.
+///
+/// # Panics
+/// When the CRD cannot be created or is not established within a minute.
+pub async fn create_crd(
+    client: &Client,
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) {
+    use kube::runtime::wait::{await_condition, conditions};
+    let api = Api::<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    >::all(client.clone());
+    let name = crd.metadata.name.clone().expect("a CRD has a name");
+    match api.create(&PostParams::default(), crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("cannot create the CRD {name}: {e}"),
+    }
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        await_condition(api, &name, conditions::is_crd_established()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the CRD {name} was not established within 60 s"))
+    .unwrap_or_else(|e| panic!("cannot watch the CRD {name}: {e}"));
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `limit` saying
 /// what was awaited.
 ///

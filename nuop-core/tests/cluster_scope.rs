@@ -11,10 +11,9 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ObjectMeta, PostParams};
 use kube::core::GroupVersionKind;
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, ResourceExt};
 use nuop_core::script::ExecutorKind;
-use nuop_core::testing::{TestEnv, eventually};
+use nuop_core::testing::{TestEnv, create_crd, eventually};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -131,16 +130,7 @@ async fn a_kind_that_appears_later_is_retried_and_then_reconciled() {
         }
     }))
     .expect("crd");
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("create the cluster-scoped CRD");
-    tokio::time::timeout(
-        LIMIT,
-        await_condition(crds.clone(), &crd_name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watch the CRD");
+    create_crd(&env.client, &crd).await;
 
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(&group, "v1", "Gadget"),

@@ -8,9 +8,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, ObjectMeta, PostParams};
 use kube::core::GroupVersionKind;
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, ResourceExt};
-use nuop_core::testing::TestEnv;
+use nuop_core::testing::{TestEnv, create_crd};
 use serde_json::json;
 
 #[tokio::test]
@@ -61,18 +60,9 @@ async fn namespace_configmap_crd_instance_and_lease_round_trip() {
         }
     }))
     .expect("crd");
+    create_crd(&env.client, &crd).await;
     let crds = Api::<CustomResourceDefinition>::all(env.client.clone());
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("create crd");
     let crd_name = format!("widgets.{group}");
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(crds.clone(), &crd_name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("crd established in time")
-    .expect("watch crd");
 
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(&group, "v1", "Widget"),

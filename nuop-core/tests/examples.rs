@@ -23,10 +23,9 @@ use kube::api::{
     PostParams,
 };
 use kube::core::GroupVersionKind;
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, ResourceExt};
 use nuop_core::script::ExecutorKind;
-use nuop_core::testing::{TestEnv, eventually, kubeconfig_path, repo_root};
+use nuop_core::testing::{TestEnv, create_crd, eventually, kubeconfig_path, repo_root};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -547,26 +546,7 @@ async fn ensure_greeting_crd(client: &Client) {
     let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
         .unwrap_or_else(|e| panic!("{} is not a CRD: {e}", path.display()));
     assert_eq!(crd.name_any(), GREETING_CRD);
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    if crds
-        .get_opt(GREETING_CRD)
-        .await
-        .expect("get the Greeting CRD")
-        .is_none()
-    {
-        match crds.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {} // a parallel run was first
-            Err(e) => panic!("cannot create the Greeting CRD: {e}"),
-        }
-    }
-    tokio::time::timeout(
-        LIMIT,
-        await_condition(crds, GREETING_CRD, conditions::is_crd_established()),
-    )
-    .await
-    .expect("the Greeting CRD established in time")
-    .expect("watch the Greeting CRD");
+    create_crd(client, &crd).await;
 }
 
 async fn events_for(env: &TestEnv, name: &str) -> Vec<Event> {

@@ -7,10 +7,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::core::GroupVersionKind;
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, ResourceExt};
 use nuop_core::script::ExecutorKind;
-use nuop_core::testing::{TestEnv, eventually};
+use nuop_core::testing::{TestEnv, create_crd, eventually};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -375,18 +374,7 @@ async fn status_is_written_through_the_status_subresource() {
         }
     }))
     .expect("crd");
-    let crds = Api::<CustomResourceDefinition>::all(env.client.clone());
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("create crd");
-    let crd_name = format!("greetings.{group}");
-    tokio::time::timeout(
-        LIMIT,
-        await_condition(crds.clone(), &crd_name, conditions::is_crd_established()),
-    )
-    .await
-    .expect("established in time")
-    .expect("watch crd");
+    create_crd(&env.client, &crd).await;
 
     let script = r#"
 def "main config" [] { { name: "greeter", group: "GROUP", version: "v1", kind: "Greeting" } | to yaml }
@@ -440,7 +428,8 @@ def "main reconcile" [] {
             .any(|e| e.reason.as_deref() == Some("Updated")),
         "only the status changed: the main resource must not be written"
     );
-    crds.delete(&crd_name, &DeleteParams::default())
+    Api::<CustomResourceDefinition>::all(env.client.clone())
+        .delete(&format!("greetings.{group}"), &DeleteParams::default())
         .await
         .expect("delete crd");
 }

@@ -410,10 +410,10 @@ async fn call_script(
     phase: Phase,
     object: &Value,
 ) -> Result<CallResult, ReconcileError> {
-    let executor = ctx.runner.kind().to_string();
+    let executor = ctx.runner.kind().as_str();
     let timer = METRICS
         .script_duration
-        .with_label_values(&[ctx.config.name.as_str(), phase.as_str(), executor.as_str()])
+        .with_label_values(&[ctx.config.name.as_str(), phase.as_str(), executor])
         .start_timer();
     let result = ctx
         .runner
@@ -427,7 +427,7 @@ async fn call_script(
         .instrument(tracing::info_span!(
             "script",
             phase = phase.as_str(),
-            executor = %executor
+            executor
         ))
         .await;
     timer.observe_duration();
