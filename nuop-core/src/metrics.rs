@@ -30,6 +30,8 @@ pub struct Metrics {
     pub controllers_synced: IntGauge,
     /// 1 while this process holds the leader lease (or runs without leader election).
     pub leader: IntGauge,
+    /// Events by controller and result (sent, failed, dropped when the queue is full).
+    pub events: IntCounterVec,
     /// Script source syncs by source and result (managed mode).
     pub source_syncs: IntCounterVec,
     /// 1 for the revision each source runs (managed mode): one series per source, the
@@ -119,6 +121,11 @@ impl Metrics {
             leader: gauge(
                 "nuop_leader",
                 "1 while this process is the leader (always 1 without --leader-elect).",
+            ),
+            events: counter(
+                "nuop_events_total",
+                "Kubernetes Events by controller and result (sent, failed, dropped).",
+                &["controller", "result"],
             ),
             source_syncs: counter(
                 "nuop_source_syncs_total",

@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod error;
+pub mod events;
 pub mod plan;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::script::{CallRequest, CallResult, ScriptRunner};
 pub use backoff::Backoff;
 pub use error::ReconcileError;
 use error::{is_conflict, is_not_found};
+use events::EventQueue;
 use plan::{
     Step, WritePlan, add_finalizer_patch, has_finalizer, matches_labels, next_step, plan_write,
     remove_finalizer_patch,
@@ -36,9 +38,6 @@ use plan::{
 /// How many times a reconcile re-reads and retries after a conflicting write before it
 /// gives up and backs off.
 const MAX_CONFLICT_RETRIES: u32 = 5;
-
-/// Events one controller may be sending at once; more wait for a slot (backpressure).
-const MAX_EVENTS_IN_FLIGHT: usize = 64;
 
 /// Lines of a script's stderr logged per call; the rest is summarised.
 const MAX_LOGGED_LINES: usize = 50;
@@ -57,20 +56,19 @@ pub struct Context {
     pub namespaced: bool,
     /// Whether the kind has a status subresource.
     pub has_status: bool,
-    /// Publishes Events on reconciled objects.
-    pub recorder: Recorder,
+    /// Queues Events on reconciled objects for sending in the background.
+    pub events: EventQueue,
     /// Per-object failure counts.
     pub backoff: Backoff<String>,
     /// Field manager for writes.
     pub field_manager: String,
     /// Whether successful writes emit Normal Events (warnings always do).
     pub write_events: bool,
-    /// Bounds the Events being sent in the background (see [`publish`]).
-    pub events_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
-    /// Builds the shared state of one controller.
+    /// Builds the shared state of one controller; must run on a tokio runtime (it starts
+    /// the controller's Event sender).
     pub fn new(
         config: ScriptConfig,
         runner: ScriptRunner,
@@ -85,10 +83,9 @@ impl Context {
         };
         Self {
             field_manager: format!("nuop-{}", config.name),
-            recorder: Recorder::new(client.clone(), reporter),
+            events: EventQueue::spawn(&config.name, Recorder::new(client.clone(), reporter)),
             backoff: Backoff::default(),
             write_events: true,
-            events_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_EVENTS_IN_FLIGHT)),
             config,
             runner,
             client,
@@ -179,8 +176,7 @@ pub async fn reconcile(
                     error.category(),
                     "Reconcile",
                     &error.to_string(),
-                )
-                .await;
+                );
             }
         }
         result
@@ -246,8 +242,7 @@ pub async fn release(object: Arc<DynamicObject>, ctx: Arc<Context>) {
                     if attempt == RELEASE_ATTEMPTS || error.is_permanent() {
                         publish(&ctx, &current, EventType::Warning, error.category(), "Release", &format!(
                             "the object left the selectors but finalize failed, so finalizer {finalizer} stays: {error}"
-                        ))
-                        .await;
+                        ));
                         return;
                     }
                     tokio::time::sleep(ctx.backoff.failed(key.clone())).await;
@@ -323,8 +318,7 @@ async fn reconcile_once(object: &Value, ctx: &Context) -> Result<Action, Reconci
                 "FinalizerAdded",
                 "AddFinalizer",
                 &format!("added finalizer {finalizer}"),
-            )
-            .await;
+            );
             // Reconcile the object as it now is, without waiting for the watch to echo it.
             run_reconcile(&updated, ctx).await
         }
@@ -390,8 +384,7 @@ async fn run_finalize(object: &Value, ctx: &Context) -> Result<Action, Reconcile
             "Finalized",
             "Finalize",
             &format!("finalize succeeded; removed finalizer {finalizer}"),
-        )
-        .await;
+        );
     }
     count(&ctx.config.name, "finalized");
     Ok(Action::await_change())
@@ -503,8 +496,7 @@ async fn write(ctx: &Context, object: &Value, plan: WritePlan) -> Result<(), Rec
             "Updated",
             "Update",
             "script changes written",
-        )
-        .await;
+        );
     }
     if let Some(mut status) = plan.status {
         if let Some(rv) = resource_version {
@@ -528,14 +520,14 @@ async fn write(ctx: &Context, object: &Value, plan: WritePlan) -> Result<(), Rec
             "StatusUpdated",
             "UpdateStatus",
             "script status written",
-        )
-        .await;
+        );
     }
     Ok(())
 }
 
-/// Publishes an Event on the object in the background; failures are logged, never fatal.
-async fn publish(
+/// Queues an Event on the object; it is sent in the background (see [`events`]) and a
+/// failure is logged, never fatal.
+fn publish(
     ctx: &Context,
     object: &Value,
     type_: EventType,
@@ -575,23 +567,10 @@ async fn publish(
         action: action.to_string(),
         secondary: None,
     };
-    // Sent in the background: an Event is a second API request per write, and waiting
-    // for it would hold the reconcile's concurrency slot for a full round trip (it halved
-    // throughput in `make bench-e2e`). The semaphore keeps a flood bounded.
-    let Ok(permit) = ctx.events_in_flight.clone().acquire_owned().await else {
-        return;
-    };
-    let recorder = ctx.recorder.clone();
-    let reason = reason.to_string();
-    tokio::spawn(
-        async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                warn!("failed to publish event {reason}: {e}");
-            }
-            drop(permit);
-        }
-        .in_current_span(),
-    );
+    // Queued, not awaited: an Event is a second API request per write, and waiting for
+    // it would hold the reconcile's concurrency slot for a full round trip (it halved
+    // throughput in `make bench-e2e`).
+    ctx.events.send(event, reference);
 }
 
 fn log_lines(stream: &str, text: &str) {
