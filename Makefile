@@ -12,6 +12,10 @@ HADOLINT       ?= $(TOOLS_DIR)/hadolint/bin/hadolint
 KUBECTL        ?= kubectl
 CONTROL_PLANE  := hack/control-plane
 CARGO          ?= cargo
+# The profile `make test` builds with and the benchmarks measure (see Cargo.toml): one
+# optimized build serves both, so `make bench-e2e` after `make test` builds nothing big.
+PROFILE        ?= ci
+TARGET_DIR     ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 IMG_MANAGER    ?= ghcr.io/nuop-dev/nuop-manager:latest
 IMG_MANAGED    ?= ghcr.io/nuop-dev/nuop-managed:latest
 
@@ -76,12 +80,12 @@ test: tools fmt-check lint hadolint ## Format check, lint, unit and integration 
 	  echo "make test: control plane (build if needed + start) took $$(( $$(date +%s) - start ))s: $$kubeconfig" >&2; \
 	  eval "$$($(CONTROL_PLANE) env)"; \
 	  start=$$(date +%s); \
-	  NUOP_TEST_KUBECONFIG="$$kubeconfig" $(CARGO) test --workspace --no-fail-fast; \
+	  NUOP_TEST_KUBECONFIG="$$kubeconfig" $(CARGO) test --workspace --profile $(PROFILE) --no-fail-fast; \
 	  echo "make test: cargo test took $$(( $$(date +%s) - start ))s" >&2
 
 .PHONY: test-unit
 test-unit: tools ## Unit tests only (no control plane).
-	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test --workspace --profile $(PROFILE) --lib --bins
 
 ##@ Demo and benchmarks
 
@@ -91,18 +95,18 @@ demo: tools ## Local control plane + nuop-standard with the example scripts, rec
 
 .PHONY: bench
 bench: tools ## Per-call cost of each executor, side by side, with their ratio.
-	@# Its own target dir: the release build never waits on (or blocks) test builds.
-	$(CARGO) bench --target-dir target/bench -p nuop-core --bench executors
+	$(CARGO) bench --workspace --profile $(PROFILE) --bench executors
 
 BENCH_OBJECTS ?= 1000
 
 .PHONY: bench-e2e
 bench-e2e: tools ## nuop (embedded, process, managed) next to a hand-written kube-rs controller on the local control plane.
-	$(CARGO) build --release --target-dir target/bench -p nuop-standard -p nuop-managed
+	@# The binaries `make test` built: same command, same features, so nothing rebuilds.
+	$(CARGO) test --workspace --profile $(PROFILE) --no-run
 	@kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); eval "$$($(CONTROL_PLANE) env)"; \
-	  NUOP_NU=$(NU) $(CARGO) bench --target-dir target/bench -p nuop-core --bench e2e -- \
-	    --objects $(BENCH_OBJECTS) --nuop-standard $(CURDIR)/target/bench/release/nuop-standard \
-	    --nuop-managed $(CURDIR)/target/bench/release/nuop-managed
+	  NUOP_NU=$(NU) $(CARGO) bench --workspace --profile $(PROFILE) --bench e2e -- \
+	    --objects $(BENCH_OBJECTS) --nuop-standard $(TARGET_DIR)/$(PROFILE)/nuop-standard \
+	    --nuop-managed $(TARGET_DIR)/$(PROFILE)/nuop-managed
 
 ##@ Deployment
 

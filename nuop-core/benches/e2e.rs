@@ -19,7 +19,7 @@
 //!
 //! Arguments: `--objects N` (1000), `--updates N` (100), `--variants a,b,c`
 //! (`embedded,embedded-no-events,process,managed,reference`), `--nuop-standard PATH`
-//! and `--nuop-managed PATH` (the release binaries),
+//! and `--nuop-managed PATH` (default: the ones `cargo test --profile ci` built beside this bench),
 //! `--concurrency N` (8, the same for every variant). Needs `KUBECONFIG`; the process
 //! variant needs `nu` (`NUOP_NU` or `PATH`). No assertions: numbers are for reading.
 
@@ -83,8 +83,8 @@ fn parse_args(args: &[String]) -> Args {
         ]
         .map(String::from)
         .to_vec(),
-        nuop_standard: PathBuf::from("target/bench/release/nuop-standard"),
-        nuop_managed: PathBuf::from("target/bench/release/nuop-managed"),
+        nuop_standard: sibling_binary("nuop-standard"),
+        nuop_managed: sibling_binary("nuop-managed"),
         concurrency: 8,
     };
     let mut it = args.iter();
@@ -106,6 +106,15 @@ fn parse_args(args: &[String]) -> Args {
         }
     }
     parsed
+}
+
+/// `name` in the profile directory this bench was built into (`target/<profile>/`, where
+/// `cargo test` of the same profile puts the workspace's binaries).
+fn sibling_binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// One watch event reduced to what the measurements need.
@@ -538,7 +547,7 @@ async fn main() {
     ] {
         assert!(
             !needed || binary.exists(),
-            "{} does not exist: build it with `cargo build --release --target-dir target/bench -p nuop-standard -p nuop-managed` (make bench-e2e does)",
+            "{} does not exist: build it with `cargo test --workspace --profile ci --no-run` (make test and make bench-e2e do)",
             binary.display()
         );
     }
