@@ -3,7 +3,7 @@
 //! competes on equal terms with the writes reconciles make.
 //!
 //! The shape follows client-go's event broadcaster: Events are queued (at most
-//! [`QUEUE_CAPACITY`]), sent by a few senders in the background, and dropped — counted in
+//! [`QUEUE_CAPACITY`]), sent one at a time in the background, and dropped — counted in
 //! `nuop_events_total{result="dropped"}` and logged — when the queue is full. Events are
 //! a report, not state: losing some under a flood is better than slowing the
 //! controller that produces them.
@@ -22,9 +22,10 @@ use crate::metrics::METRICS;
 /// Events one controller may have waiting to be sent; more are dropped.
 pub const QUEUE_CAPACITY: usize = 1024;
 
-/// Events one controller sends at once. Small on purpose: during a burst of writes the
-/// API server's time goes to the writes, and the Events trail behind them.
-const SENDERS: usize = 2;
+/// Events one controller sends at once. One, as client-go's broadcaster does: during a
+/// burst of writes the API server's time goes to the writes and the Events trail behind
+/// them (two senders measured no faster in `make bench-e2e`, and competed more).
+const SENDERS: usize = 1;
 
 /// A drop is logged for the first one and then once per this many.
 const LOG_EVERY_DROPS: u64 = 100;
