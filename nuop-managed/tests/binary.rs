@@ -7,17 +7,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{HttpGit, Repo, Tls};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use nuop_core::testing::{TestEnv, eventually, kubeconfig_path};
+use nuop_core::testing::{KillOnDrop, TestEnv, eventually, http_get, kubeconfig_path, local};
 use nuop_crd::{ManagedConfig, Mapping, NuOperator, SecretKeyRef, Source};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -35,30 +34,6 @@ def "main reconcile" [] {
   exit 2
 }
 "#;
-
-/// The managed process; killed when dropped (a failed test must not leave it behind).
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
 
 fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -80,21 +55,7 @@ async fn the_binary_fetches_over_https_with_a_token_and_never_leaks_it() {
     let env = TestEnv::new("managed-binary").await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let token = format!("tok-{}-secret", env.namespace);
-    let secrets: Api<Secret> = env.api();
-    secrets
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some("git-credentials".into()),
-                    ..Default::default()
-                },
-                data: Some([("token".to_string(), ByteString(token.clone().into_bytes()))].into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("secret");
+    env.create_secret("git-credentials", "token", &token).await;
 
     let repo = Repo::new();
     let env_file = tmp.path().join("script-env.json");
@@ -146,13 +107,16 @@ async fn the_binary_fetches_over_https_with_a_token_and_never_leaks_it() {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("nuop-managed starts");
-    let mut process = Process(child);
+    let mut process = KillOnDrop(child);
 
     eventually("/readyz to answer 200", LIMIT, || async {
-        (http_get(probes, "/readyz").await?.0 == 200).then_some(())
+        (http_get(local(probes), "/readyz").await?.0 == 200).then_some(())
     })
     .await;
-    assert_eq!(http_get(probes, "/healthz").await.map(|r| r.0), Some(200));
+    assert_eq!(
+        http_get(local(probes), "/healthz").await.map(|r| r.0),
+        Some(200)
+    );
     let configmaps: Api<ConfigMap> = env.api();
     configmaps
         .create(
@@ -175,7 +139,7 @@ async fn the_binary_fetches_over_https_with_a_token_and_never_leaks_it() {
     // Several fetches, each reading the Secret again.
     let success = format!("nuop_source_syncs_total{{result=\"success\",source=\"{url}\"}}");
     eventually("three successful syncs", LIMIT, || async {
-        let (_, body) = http_get(metrics, "/metrics").await?;
+        let (_, body) = http_get(local(metrics), "/metrics").await?;
         let count: u64 = body
             .lines()
             .find(|l| l.starts_with(&success))?

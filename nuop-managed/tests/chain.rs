@@ -7,20 +7,19 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{HttpGit, Repo, Tls};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use nuop_core::controller::shutdown_signal;
 use nuop_core::health::Readiness;
-use nuop_core::testing::{TestEnv, eventually, kubeconfig_path};
+use nuop_core::testing::{KillOnDrop, TestEnv, eventually, http_get, kubeconfig_path, local};
 use nuop_crd::{MANAGED_CONFIG_KEY, Mapping, NuOperator, SecretKeyRef, Source};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -37,16 +36,6 @@ def "main reconcile" [] {
 }
 "#;
 
-/// The managed process; killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nuoperator_to_manager_to_managed_to_reconciled_objects() {
     let env = TestEnv::new("managed-chain").await;
@@ -55,21 +44,7 @@ async fn nuoperator_to_manager_to_managed_to_reconciled_objects() {
         .expect("CRD installed");
     let tmp = tempfile::tempdir().expect("tempdir");
     let token = format!("chain-{}-token", env.namespace);
-    let secrets: Api<Secret> = env.api();
-    secrets
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some("git".into()),
-                    ..Default::default()
-                },
-                data: Some([("token".to_string(), ByteString(token.clone().into_bytes()))].into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("secret");
+    env.create_secret("git", "token", &token).await;
     let repo = Repo::new();
     repo.write(
         "scripts/chained/mod.nu",
@@ -188,21 +163,9 @@ async fn nuoperator_to_manager_to_managed_to_reconciled_objects() {
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("nuop-managed starts");
-    let mut process = Process(child);
+    let mut process = KillOnDrop(child);
 
-    let probe = || async {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", probes))
-            .await
-            .ok()?;
-        stream
-            .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        response.starts_with("HTTP/1.1 200").then_some(())
-    };
+    let probe = || async { (http_get(local(probes), "/readyz").await?.0 == 200).then_some(()) };
     eventually("nuop-managed ready", LIMIT, probe).await;
     configmaps
         .create(

@@ -2,13 +2,13 @@
 //! environment wired, `/readyz` ready once the watch has synced, a NuOperator turned
 //! into its Deployment, and a clean exit on SIGTERM.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::PostParams;
-use nuop_core::testing::{TestEnv, eventually, kubeconfig_path};
+use nuop_core::testing::{KillOnDrop, TestEnv, eventually, http_get, kubeconfig_path, local};
 use nuop_crd::{Mapping, NuOperator, Source};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -19,28 +19,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-/// The manager process; killed when dropped (a failed test must not leave it behind).
-struct Manager(Child);
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn http_status(port: u16, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[tokio::test]
@@ -62,14 +40,20 @@ async fn the_binary_serves_probes_reconciles_and_stops_on_sigterm() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("nuop-manager starts");
-    let mut manager = Manager(child);
+    let mut manager = KillOnDrop(child);
 
     eventually("/readyz to answer 200", LIMIT, || async {
-        (http_status(probes, "/readyz").await == Some(200)).then_some(())
+        (http_get(local(probes), "/readyz").await.map(|r| r.0) == Some(200)).then_some(())
     })
     .await;
-    assert_eq!(http_status(probes, "/healthz").await, Some(200));
-    assert_eq!(http_status(metrics, "/metrics").await, Some(200));
+    assert_eq!(
+        http_get(local(probes), "/healthz").await.map(|r| r.0),
+        Some(200)
+    );
+    assert_eq!(
+        http_get(local(metrics), "/metrics").await.map(|r| r.0),
+        Some(200)
+    );
 
     let operators: Api<NuOperator> = env.api();
     let op = NuOperator::test()
