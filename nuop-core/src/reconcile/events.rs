@@ -8,12 +8,10 @@
 //! a report, not state: losing some under a flood is better than slowing the
 //! controller that produces them.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder};
+use prometheus::IntCounter;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tracing::warn;
 
@@ -49,7 +47,8 @@ pub enum Queued {
 pub struct EventQueue {
     controller: String,
     sender: mpsc::Sender<Pending>,
-    dropped: Arc<AtomicU64>,
+    /// `nuop_events_total{result="dropped"}` for this controller, looked up once.
+    dropped: IntCounter,
 }
 
 /// The receiving side: run it (see [`EventWorker::run`]) to deliver the queued Events.
@@ -66,7 +65,7 @@ impl EventQueue {
         let queue = Self {
             controller: controller.to_string(),
             sender,
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped: METRICS.events.with_label_values(&[controller, "dropped"]),
         };
         let worker = EventWorker {
             controller: controller.to_string(),
@@ -88,16 +87,13 @@ impl EventQueue {
         match self.sender.try_send(Pending { event, reference }) {
             Ok(()) => Queued::Accepted,
             Err(TrySendError::Full(pending) | TrySendError::Closed(pending)) => {
-                METRICS
-                    .events
-                    .with_label_values(&[self.controller.as_str(), "dropped"])
-                    .inc();
-                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
-                if dropped.is_multiple_of(LOG_EVERY_DROPS) {
+                self.dropped.inc();
+                let dropped = self.dropped.get();
+                if (dropped - 1).is_multiple_of(LOG_EVERY_DROPS) {
                     warn!(
                         controller = %self.controller,
                         reason = %pending.event.reason,
-                        dropped_so_far = dropped + 1,
+                        dropped_so_far = dropped,
                         "event queue full ({} waiting); dropping events",
                         self.sender.max_capacity()
                     );
@@ -114,22 +110,27 @@ impl EventWorker {
     /// Recorder already folds repeats into a series.
     pub async fn run(self, recorder: Recorder) {
         let controller = self.controller;
+        let sent = METRICS
+            .events
+            .with_label_values(&[controller.as_str(), "sent"]);
+        let failed = METRICS
+            .events
+            .with_label_values(&[controller.as_str(), "failed"]);
         let pending = futures::stream::unfold(self.receiver, |mut receiver| async move {
             receiver.recv().await.map(|p| (p, receiver))
         });
         pending
             .for_each_concurrent(SENDERS, |p| {
-                let recorder = &recorder;
-                let controller = controller.as_str();
+                let (recorder, controller) = (&recorder, controller.as_str());
+                let (sent, failed) = (&sent, &failed);
                 async move {
-                    let result = match recorder.publish(&p.event, &p.reference).await {
-                        Ok(()) => "sent",
+                    match recorder.publish(&p.event, &p.reference).await {
+                        Ok(()) => sent.inc(),
                         Err(e) => {
                             warn!(controller, reason = %p.event.reason, "failed to publish event: {e}");
-                            "failed"
+                            failed.inc();
                         }
-                    };
-                    METRICS.events.with_label_values(&[controller, result]).inc();
+                    }
                 }
             })
             .await;
