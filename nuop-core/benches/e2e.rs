@@ -495,7 +495,12 @@ fn print_table(args: &Args, results: &mut [Measured]) {
 /// The hand-written reference: a kube-rs controller that adds the label with an update
 /// guarded by resourceVersion, as nuop writes back.
 async fn reference_controller(namespace: String, concurrency: u16) {
-    let client = Client::try_default().await.expect("kube client");
+    let client = {
+        nuop_core::install_crypto_provider();
+        Client::try_default()
+    }
+    .await
+    .expect("kube client");
     let api = Api::<ConfigMap>::namespaced(client, &namespace);
     let config = kube::runtime::controller::Config::default().concurrency(concurrency);
     Controller::new(
@@ -551,9 +556,12 @@ async fn main() {
             binary.display()
         );
     }
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG must name a reachable cluster (make bench-e2e starts one)");
+    let client = {
+        nuop_core::install_crypto_provider();
+        Client::try_default()
+    }
+    .await
+    .expect("KUBECONFIG must name a reachable cluster (make bench-e2e starts one)");
     let workdir = tempfile::tempdir().expect("workdir");
     let mut results = Vec::new();
     for variant in &args.variants {

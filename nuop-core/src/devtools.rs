@@ -71,7 +71,24 @@ pub async fn check(
                         config.name
                     )?;
                 } else {
-                    writeln!(out, "{}", describe(&config))?;
+                    for warning in crate::standard::config_warnings(&config) {
+                        writeln!(err, "warning: {}: {warning}", script.dir.display())?;
+                    }
+                    let source = std::fs::read_to_string(&script.entry).unwrap_or_default();
+                    let unavailable = unavailable_commands(&source);
+                    if kind == ExecutorKind::Embedded && !unavailable.is_empty() {
+                        broken += 1;
+                        for (line, command, family) in unavailable {
+                            writeln!(
+                                err,
+                                "error: {}:{line}: `{command}` is not in nuop's embedded engine ({family}); \
+                                 run this script with `--executor process`, or do without it",
+                                script.entry.display()
+                            )?;
+                        }
+                    } else {
+                        writeln!(out, "{}", describe(&config))?;
+                    }
                 }
             }
             Err(message) => {
@@ -87,24 +104,94 @@ pub async fn check(
 }
 
 async fn load_config(kind: ExecutorKind, script: &Script) -> Result<ScriptConfig, String> {
-    let runner = ScriptRunner::load(kind, script).map_err(|e| e.to_string())?;
+    let runner = ScriptRunner::load_off_runtime(
+        kind,
+        script,
+        crate::script::process::nu_binary(),
+        crate::script::embedded::DEFAULT_LOAD_TIMEOUT,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let config = runner
         .config(crate::protocol::DEFAULT_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
-    if kind == ExecutorKind::Embedded {
-        for phase in [Phase::Reconcile] {
-            if let ScriptRunner::Embedded(s) = &runner
-                && !s.has_phase(phase)
-            {
-                return Err(format!(
-                    "script {} has no `main {phase}` command",
-                    script.name
-                ));
+    if let Some(reason) = crate::standard::missing_phase(&config, |p| runner.has_phase(p)) {
+        return Err(reason);
+    }
+    Ok(config)
+}
+
+/// Command families the embedded engine leaves out on purpose, by the commands that
+/// belong to them: SQLite (`stor`, `query db`, `into sqlite`, `schema`), plugins, and
+/// the interactive shell's commands. Under `nu` (the process executor) they exist.
+const LEFT_OUT: &[(&str, &str)] = &[
+    ("stor", "SQLite: nuop is built without it"),
+    ("query db", "SQLite: nuop is built without it"),
+    ("into sqlite", "SQLite: nuop is built without it"),
+    ("schema", "SQLite: nuop is built without it"),
+    ("plugin", "plugins are not loaded"),
+    ("history", "interactive shell commands"),
+    ("commandline", "interactive shell commands"),
+    ("keybindings", "interactive shell commands"),
+    ("explore", "interactive shell commands"),
+    (
+        "input",
+        "interactive shell commands: a controller has no terminal",
+    ),
+];
+
+/// The commands of [`LEFT_OUT`] that Nushell source uses, with their 1-based lines:
+/// a command word at the start of a line or after `|`, `;`, `(` or `{`. Comments and
+/// the contents of strings are not looked at.
+pub fn unavailable_commands(source: &str) -> Vec<(usize, &'static str, &'static str)> {
+    let mut found = Vec::new();
+    for (number, line) in source.lines().enumerate() {
+        let code = strip_strings_and_comment(line);
+        let starts = std::iter::once(0).chain(
+            code.char_indices()
+                .filter(|(_, c)| matches!(c, '|' | ';' | '(' | '{'))
+                .map(|(i, _)| i + 1),
+        );
+        for start in starts {
+            let rest = code[start..].trim_start();
+            for (command, family) in LEFT_OUT {
+                let hit = rest.strip_prefix(command).is_some_and(|after| {
+                    after.is_empty() || after.starts_with([' ', '\t', ')', '}', '|', ';'])
+                });
+                if hit
+                    && !found
+                        .iter()
+                        .any(|(n, c, _)| *n == number + 1 && c == command)
+                {
+                    found.push((number + 1, *command, *family));
+                }
             }
         }
     }
-    Ok(config)
+    found
+}
+
+/// A line with its string literals blanked out and its `#` comment removed.
+fn strip_strings_and_comment(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match quote {
+            Some(q) if c == q => {
+                quote = None;
+                out.push(c);
+            }
+            Some(_) => out.push(' '),
+            None if matches!(c, '"' | '\'' | '`') => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '#' => break,
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 /// Runs one phase of one script on an object read from `input` (YAML or JSON), writing
@@ -134,7 +221,15 @@ pub async fn exec(
             return Ok(1);
         }
     };
-    let timeout = timeout.unwrap_or(crate::protocol::DEFAULT_TIMEOUT);
+    // Without `--timeout`, the script's own configured timeout, as in the operator.
+    let timeout = match timeout {
+        Some(t) => t,
+        None => runner
+            .config(crate::protocol::DEFAULT_TIMEOUT)
+            .await
+            .map(|c| c.timeout)
+            .unwrap_or(crate::protocol::DEFAULT_TIMEOUT),
+    };
 
     if phase == Phase::Config {
         return match runner.config(timeout).await {
@@ -211,6 +306,17 @@ mod tests {
     use super::*;
     use crate::protocol::parse_config_value;
     use serde_json::json;
+
+    #[test]
+    fn left_out_commands_are_named_with_their_line() {
+        let source = "def \"main reconcile\" [] {\n  stor create -t t -c {a: str}\n  # stor open\n  print \"query db\"\n  let r = (open x.db | query db 'select 1')\n  history | length\n  let storage = 1\n}\n";
+        let found: Vec<(usize, &str)> = unavailable_commands(source)
+            .into_iter()
+            .map(|(line, command, _)| (line, command))
+            .collect();
+        assert_eq!(found, vec![(2, "stor"), (5, "query db"), (6, "history")]);
+        assert!(unavailable_commands("print (input-output)").is_empty());
+    }
 
     #[test]
     fn describe_names_everything_check_promises() {

@@ -11,12 +11,14 @@
 //! - [`runtime`]: the operated process: probes, metrics, leader election and graceful
 //!   shutdown around a binary's controllers.
 //! - [`telemetry`]: logs, OTLP traces and the termination signal.
+//! - [`init`]: reaping orphans when a binary runs as PID 1.
 //! - [`devtools`]: `check` and `exec` for script authors.
 //! - [`testing`]: connecting tests to the real local control plane.
 
 pub mod controller;
 pub mod devtools;
 pub mod health;
+pub mod init;
 pub mod leader;
 pub mod metrics;
 pub mod protocol;
@@ -26,3 +28,15 @@ pub mod script;
 pub mod standard;
 pub mod telemetry;
 pub mod testing;
+
+/// Installs aws-lc-rs as rustls' process-wide provider (idempotent).
+///
+/// The build carries two rustls providers (aws-lc-rs for kube and gix, ring for
+/// Nushell's `http` commands), so rustls cannot pick one from its crate features and
+/// every TLS client built without an explicit provider (kube's) would panic. Each binary
+/// calls this first, and so does every test that builds a kube client
+/// ([`testing::TestEnv`] does it for its users).
+pub fn install_crypto_provider() {
+    // Err only means a provider is installed already: the first one stays.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

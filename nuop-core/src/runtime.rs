@@ -437,6 +437,7 @@ where
     Fut: Future<Output = Result<Stopped, E>>,
     E: std::fmt::Display,
 {
+    crate::install_crypto_provider();
     let telemetry = match crate::telemetry::init(service, log_format) {
         Ok(telemetry) => telemetry,
         Err(e) => {

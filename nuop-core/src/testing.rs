@@ -90,6 +90,7 @@ pub async fn client() -> Client {
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", path.display()));
+    crate::install_crypto_provider();
     Client::try_from(config).unwrap_or_else(|e| panic!("cannot build a kube client: {e}"))
 }
 

@@ -91,6 +91,7 @@ async fn client_for(kubeconfig: &Path) -> Client {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("client config");
+    nuop_core::install_crypto_provider();
     Client::try_from(config).expect("client")
 }
 

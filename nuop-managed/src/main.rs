@@ -53,6 +53,10 @@ struct Cli {
 const DEFAULT_CONFIG: &str = "/etc/nuop/nuop.yaml";
 
 fn main() -> anyhow::Result<()> {
+    // As PID 1 (a container's entry point), become a reaping init first (see init.rs).
+    if let Some(code) = nuop_core::init::run_if_pid1() {
+        std::process::exit(code);
+    }
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let has_config = args
         .iter()

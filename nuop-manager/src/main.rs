@@ -37,6 +37,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // As PID 1 (a container's entry point), become a reaping init first (see init.rs).
+    if let Some(code) = nuop_core::init::run_if_pid1() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     let log_format = cli.log_format.clone();
     ExitCode::from(run_to_exit("nuop-manager", &log_format, || run(cli)) as u8)

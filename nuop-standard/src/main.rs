@@ -53,7 +53,7 @@ enum Command {
         dir: PathBuf,
         /// reconcile, finalize or config.
         phase: Phase,
-        /// Seconds the call may run (default: 30).
+        /// Seconds the call may run (default: the script's configured `timeout`, else 30).
         #[arg(long)]
         timeout: Option<f64>,
     },
@@ -63,6 +63,10 @@ enum Command {
 const DEFAULT_LEADER_ELECTION_ID: &str = "nuop-standard";
 
 fn main() -> anyhow::Result<ExitCode> {
+    // As PID 1 (a container's entry point), become a reaping init first (see init.rs).
+    if let Some(code) = nuop_core::init::run_if_pid1() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     let dev_runtime = || {
         tokio::runtime::Builder::new_multi_thread()

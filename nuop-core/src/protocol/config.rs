@@ -417,24 +417,40 @@ fn check_name(name: &str) -> Result<(), ConfigProblem> {
     }
 }
 
-/// Kubernetes wants finalizers domain-qualified (`example.com/cleanup`) and short.
+/// A finalizer the API server accepts: a qualified name, `example.com/cleanup`, or — as
+/// scripts for the original nuop have (`deployment.finalizer.example.com`) — a bare
+/// name, which the API server accepts with a warning ([`finalizer_warning`] says so).
 fn check_finalizer(f: &str) -> Result<(), ConfigProblem> {
     let valid_part = |s: &str| {
         !s.is_empty()
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
     };
-    match f.split_once('/') {
-        Some((domain, name))
-            if valid_part(domain) && valid_part(name) && domain.contains('.') && f.len() <= 316 =>
-        {
-            Ok(())
-        }
-        _ => Err(invalid(
+    let ok = match f.split_once('/') {
+        Some((domain, name)) => valid_part(domain) && valid_part(name) && domain.contains('.'),
+        None => valid_part(f),
+    };
+    if ok && f.len() <= 316 {
+        Ok(())
+    } else {
+        Err(invalid(
             "finalizer",
-            format!("`{f}` must be domain-qualified, like `example.com/cleanup`"),
-        )),
+            format!(
+                "`{f}` is not a valid finalizer name; use a qualified name like `example.com/cleanup`"
+            ),
+        ))
     }
+}
+
+/// The warning for a finalizer without a `/`: accepted (the API server takes it with a
+/// warning), but Kubernetes recommends a domain-qualified name.
+pub fn finalizer_warning(finalizer: &str) -> Option<String> {
+    (!finalizer.contains('/')).then(|| {
+        format!(
+            "finalizer `{finalizer}` is not domain-qualified; the API server accepts it with a warning, \
+             but a name like `example.com/{finalizer}` avoids clashes with other controllers"
+        )
+    })
 }
 
 fn selectors(
@@ -680,7 +696,11 @@ mod tests {
                 "requeue_after_noop",
             ),
             (
-                json!({"name": "c", "version": "v1", "kind": "K", "finalizer": "nodomain"}),
+                json!({"name": "c", "version": "v1", "kind": "K", "finalizer": "bad name"}),
+                "finalizer",
+            ),
+            (
+                json!({"name": "c", "version": "v1", "kind": "K", "finalizer": "a/b/c"}),
                 "finalizer",
             ),
             (
@@ -723,5 +743,22 @@ mod tests {
         );
         assert_eq!(c.timeout, Duration::from_millis(500));
         assert_eq!(c.requeue_after_noop, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn finalizers_of_the_original_nuop_are_accepted_with_a_warning() {
+        let c = parse_config_value(
+            "s",
+            &json!({"name": "c", "version": "v1", "kind": "K",
+                    "finalizer": "deployment.finalizer.example.com"}),
+        )
+        .expect("a bare finalizer name is accepted");
+        assert_eq!(
+            c.finalizer.as_deref(),
+            Some("deployment.finalizer.example.com")
+        );
+        let warning = finalizer_warning("deployment.finalizer.example.com").expect("warning");
+        assert!(warning.contains("not domain-qualified"), "{warning}");
+        assert_eq!(finalizer_warning("example.com/cleanup"), None);
     }
 }

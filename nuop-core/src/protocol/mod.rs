@@ -9,7 +9,8 @@ mod outcome;
 
 pub use config::{
     ConfigError, ConfigProblem, DEFAULT_REQUEUE_AFTER_CHANGE, DEFAULT_REQUEUE_AFTER_NOOP,
-    DEFAULT_TIMEOUT, ScriptConfig, parse_config_text, parse_config_value, parse_document,
+    DEFAULT_TIMEOUT, ScriptConfig, finalizer_warning, parse_config_text, parse_config_value,
+    parse_document,
 };
 pub use outcome::{
     IdentityError, Outcome, OutputError, ScriptOutput, check_identity, classify_output,

@@ -4,8 +4,10 @@
 //! pipe keeps being drained) while only the first [`DEFAULT_CAPTURE_LIMIT`] bytes are
 //! kept, with a note saying how much was dropped.
 
-/// Bytes kept per stream per call.
-pub const DEFAULT_CAPTURE_LIMIT: usize = 1024 * 1024;
+/// Bytes kept per stream per call: above the API server's request limit (3 MiB), so
+/// every object etcd can hold fits in a script's stdout. What a call holds in memory
+/// for its output is bounded by this, per stream.
+pub const DEFAULT_CAPTURE_LIMIT: usize = 4 * 1024 * 1024;
 
 /// One stream's captured text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,6 +69,11 @@ impl CaptureBuffer {
     }
 
     pub(crate) fn finish(self) -> Captured {
+        Captured::from_prefix(&self.kept, self.total)
+    }
+
+    /// What is kept so far, without consuming the buffer.
+    pub(crate) fn snapshot(&self) -> Captured {
         Captured::from_prefix(&self.kept, self.total)
     }
 }

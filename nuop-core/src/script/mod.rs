@@ -160,6 +160,14 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// The script's stderr captured before the call was stopped, if any.
+    pub fn stderr(&self) -> Option<&Captured> {
+        match self {
+            Self::Timeout { stderr, .. } => Some(stderr),
+            _ => None,
+        }
+    }
+
     /// A bounded label for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
@@ -192,6 +200,17 @@ pub enum LoadError {
         line: usize,
         /// Nushell's rendering of the error.
         message: String,
+    },
+    /// Parsing and the top level did not finish within the load timeout (a top level
+    /// that sleeps, loops or waits on the network).
+    #[error(
+        "{path}: loading the script did not finish within {after:?} (its top level hangs?) and was stopped"
+    )]
+    Timeout {
+        /// The file.
+        path: PathBuf,
+        /// The load timeout.
+        after: Duration,
     },
     /// The script's top level failed when evaluated once at load.
     #[error("{path}: evaluating the script failed: {message}")]
@@ -227,13 +246,63 @@ impl ScriptRunner {
     /// # Errors
     /// [`LoadError`] when the script cannot be read or parsed.
     pub fn load_with(kind: ExecutorKind, script: &Script, nu: PathBuf) -> Result<Self, LoadError> {
+        Self::load_within(kind, script, nu, embedded::DEFAULT_LOAD_TIMEOUT)
+    }
+
+    /// Like [`ScriptRunner::load_with`], with an explicit load timeout for the embedded
+    /// executor (parsing and the top level; the process executor runs nothing at load).
+    /// Blocks the calling thread: async callers run it on a blocking thread
+    /// ([`ScriptRunner::load_off_runtime`]).
+    ///
+    /// # Errors
+    /// [`LoadError`] when the script cannot be read or parsed, its top level fails, or
+    /// loading outlives `timeout`.
+    pub fn load_within(
+        kind: ExecutorKind,
+        script: &Script,
+        nu: PathBuf,
+        timeout: Duration,
+    ) -> Result<Self, LoadError> {
         match kind {
-            ExecutorKind::Embedded => Ok(Self::Embedded(Arc::new(embedded::EmbeddedScript::load(
-                script,
-            )?))),
+            ExecutorKind::Embedded => Ok(Self::Embedded(Arc::new(
+                embedded::EmbeddedScript::load_within(script, timeout)?,
+            ))),
             ExecutorKind::Process => Ok(Self::Process(process::ProcessScript::load_with(
                 script, nu,
             )?)),
+        }
+    }
+
+    /// [`ScriptRunner::load_within`] on a blocking thread, so that parsing and a slow
+    /// top level never occupy an async worker.
+    ///
+    /// # Errors
+    /// As [`ScriptRunner::load_within`]; [`LoadError::Eval`] if the loading thread died.
+    pub async fn load_off_runtime(
+        kind: ExecutorKind,
+        script: &Script,
+        nu: PathBuf,
+        timeout: Duration,
+    ) -> Result<Self, LoadError> {
+        let owned = script.clone();
+        tokio::task::spawn_blocking(move || Self::load_within(kind, &owned, nu, timeout))
+            .await
+            .unwrap_or_else(|e| {
+                Err(LoadError::Eval {
+                    path: script.entry.clone(),
+                    message: format!("the loading thread failed: {e}"),
+                })
+            })
+    }
+
+    /// Whether the script defines `main <phase>`. The embedded executor knows from the
+    /// parsed script; for the process executor the source text is searched for the
+    /// definition (`def "main finalize"`, quoted either way, `def --env` etc. allowed).
+    pub fn has_phase(&self, phase: Phase) -> bool {
+        match self {
+            Self::Embedded(s) => s.has_phase(phase),
+            Self::Process(s) => std::fs::read_to_string(&s.script().entry)
+                .is_ok_and(|source| defines_phase(&source, phase)),
         }
     }
 
@@ -293,6 +362,29 @@ impl ScriptRunner {
     }
 }
 
+/// Whether Nushell source text defines `main <phase>` (`def "main reconcile"`,
+/// `def 'main reconcile'`, with flags such as `--env` between `def` and the name).
+pub fn defines_phase(source: &str, phase: Phase) -> bool {
+    let name = format!("main {phase}");
+    source.lines().any(|line| {
+        let mut words = line.trim_start().strip_prefix("def ").map(str::trim_start);
+        while let Some(rest) = words {
+            if let Some(flagged) = rest.strip_prefix("--") {
+                words = flagged.split_once(' ').map(|(_, r)| r.trim_start());
+                continue;
+            }
+            return [
+                format!("\"{name}\""),
+                format!("'{name}'"),
+                format!("`{name}`"),
+            ]
+            .iter()
+            .any(|quoted| rest.starts_with(quoted.as_str()));
+        }
+        false
+    })
+}
+
 /// Why a script's `config` could not be obtained.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigCallError {
@@ -312,4 +404,38 @@ pub enum ConfigCallError {
     /// The answer was not a valid config.
     #[error(transparent)]
     Invalid(#[from] crate::protocol::ConfigError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_definitions_are_found_however_quoted() {
+        assert!(defines_phase(
+            "def \"main finalize\" [] {}",
+            Phase::Finalize
+        ));
+        assert!(defines_phase(
+            "  def 'main finalize' [] {}",
+            Phase::Finalize
+        ));
+        assert!(defines_phase(
+            "def --env \"main finalize\" [] {}",
+            Phase::Finalize
+        ));
+        assert!(!defines_phase(
+            "def \"main finalizer\" [] {}",
+            Phase::Finalize
+        ));
+        assert!(!defines_phase("# def \"main finalize\"", Phase::Finalize));
+        assert!(!defines_phase(
+            "def \"main reconcile\" [] {}",
+            Phase::Finalize
+        ));
+        assert!(!defines_phase(
+            "def \"main finalise\" [] {}",
+            Phase::Finalize
+        ));
+    }
 }

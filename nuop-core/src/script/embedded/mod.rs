@@ -5,20 +5,33 @@
 //! `main reconcile` and `main finalize` are parsed once. A call then evaluates one
 //! pre-parsed block on a fresh stack: no parsing per event, so the engine does not grow.
 //!
-//! Does I/O: each call's stdout and stderr go to two unlinked temporary files (external
-//! commands write to them directly, `print` through [`print::Print`]). `exit N` ends the
-//! call with code N, never the operator. On timeout the call's interrupt flag stops
-//! Nushell code, and external commands the call started are killed (found by the
-//! `NUOP_CALL_ID` in their environment).
+//! What a script can and cannot do here (each property names its test in
+//! `nuop-core/tests/conformance.rs`):
+//! - `exit N` ends the call with code N, never the operator; `exec`, `ulimit`, `umask`
+//!   and `job spawn` are refused with a message saying what to do instead
+//!   (`commands_that_would_act_on_the_operator_are_refused`), see [`commands`].
+//! - Output is held in memory up to the cap per stream and counted beyond it, whether
+//!   `print` or an external command writes it (`a_flood_of_output_is_bounded_in_memory`),
+//!   see [`output`].
+//! - A call that times out *or is cancelled* (its future dropped: shutdown timeout, lost
+//!   lease, a managed reload) is interrupted, and every external command it started is
+//!   killed with its children (`a_cancelled_call_stops_its_loop_and_its_externals`).
+//! - Loading (parsing and the top level) runs under the same interrupt, bounded by a
+//!   load timeout (`a_top_level_that_hangs_is_a_load_error`).
+//! - Scripts see the pod's environment minus what is the operator's own business:
+//!   `OTEL_*` (collector endpoints and auth headers) and `NUOP_*` other than the
+//!   variables nuop sets per call (`the_operator_environment_is_not_passed_on`).
+//!
+//! Does I/O: external commands, their pipes, and the `/proc` scan that kills them.
 
+mod commands;
 mod convert;
+mod output;
 mod print;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -27,19 +40,33 @@ use nu_protocol::debugger::WithoutDebug;
 use nu_protocol::engine::{EngineState, Stack, StateWorkingSet};
 use nu_protocol::{PipelineData, ShellError, Signals, Span, Value, format_cli_error};
 
+pub use commands::{Refused, TiedExternal};
 pub use convert::to_json;
 pub use print::{CALL_ID_ENV, Print};
 
 use super::capture::DEFAULT_CAPTURE_LIMIT;
-use super::{CallRequest, CallResult, Captured, ExecError, LoadError, Script};
+use super::{CallRequest, CallResult, ExecError, LoadError, Script};
 use crate::protocol::Phase;
+use output::{CallOutput, Stream};
+use print::CurrentCall;
 
 /// How long a timed-out call may take to notice its interrupt before it is abandoned.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
+/// How long loading a script (parsing and its top level) may take unless told otherwise.
+pub const DEFAULT_LOAD_TIMEOUT: Duration = crate::protocol::DEFAULT_TIMEOUT;
+
 /// The engine every script starts from: Nushell's language and shell commands, our
-/// `print`, and the process environment. Built once per process (~1 ms).
+/// `print`, the refused commands, and the scrubbed process environment. Built once per
+/// process (~1 ms).
 static BASE_ENGINE: LazyLock<EngineState> = LazyLock::new(build_base_engine);
+
+/// Whether a variable of the operator's environment is passed on to scripts: not the
+/// OpenTelemetry settings (endpoints, auth headers) nor nuop's own `NUOP_*` settings.
+/// nuop sets `NUOP_CONTROLLER`, `NUOP_PHASE` and `NUOP_CALL_ID` per call itself.
+pub fn passed_to_scripts(name: &str) -> bool {
+    !(name.starts_with("OTEL_") || name.starts_with("NUOP_"))
+}
 
 fn build_base_engine() -> EngineState {
     // Nushell's `merge_env` (run when a script is loaded) would otherwise move the whole
@@ -47,18 +74,29 @@ fn build_base_engine() -> EngineState {
     // depend on which script loaded last, nor vanish with a replaced git checkout.
     // Scripts get their own directory as `$env.PWD` regardless.
     nu_protocol::engine::UPDATE_CWD.store(false, std::sync::atomic::Ordering::Relaxed);
+    // The network commands take rustls' provider from Nushell's own slot, not the
+    // process default: the same aws-lc-rs provider the kube client uses. Setting it
+    // twice (a second base engine in tests) keeps the first.
+    // The closure's error type is Nushell's (large) ShellError, fixed by its API.
+    #[allow(clippy::result_large_err)]
+    let provider = || Ok(rustls::crypto::aws_lc_rs::default_provider());
+    nu_command::tls::CRYPTO_PROVIDER.set(provider);
     let mut engine = nu_cmd_lang::create_default_context();
     engine = nu_command::add_shell_command_context(engine);
     let delta = {
         let mut working_set = StateWorkingSet::new(&engine);
         working_set.add_decl(Box::new(Print));
+        working_set.add_decl(Box::new(TiedExternal));
+        for command in commands::refused() {
+            working_set.add_decl(Box::new(command));
+        }
         working_set.render()
     };
-    // Adding one declaration to a fresh engine cannot conflict with anything.
+    // Adding declarations to a fresh engine cannot conflict with anything.
     if let Err(e) = engine.merge_delta(delta) {
-        tracing::error!("failed to register print in the embedded engine: {e}");
+        tracing::error!("failed to register nuop's commands in the embedded engine: {e}");
     }
-    for (key, value) in std::env::vars() {
+    for (key, value) in std::env::vars().filter(|(k, _)| passed_to_scripts(k)) {
         engine.add_env_var(key, Value::string(value, Span::unknown()));
     }
     // Error text goes to logs and Events, where colour codes are noise.
@@ -87,17 +125,32 @@ struct Slot {
 }
 
 impl EmbeddedScript {
-    /// Parses `script`, runs its top level once and pre-parses its call sites.
+    /// Parses `script`, runs its top level once and pre-parses its call sites, within
+    /// [`DEFAULT_LOAD_TIMEOUT`].
+    ///
+    /// # Errors
+    /// See [`EmbeddedScript::load_within`].
+    pub fn load(script: &Script) -> Result<Self, LoadError> {
+        Self::load_within(script, DEFAULT_LOAD_TIMEOUT)
+    }
+
+    /// Parses `script`, runs its top level once and pre-parses its call sites. Parsing
+    /// and the top level run under an interrupt flag that a watchdog sets after
+    /// `timeout` (killing the external commands the top level started, too).
     ///
     /// # Errors
     /// [`LoadError::Syntax`] with file, line and Nushell's message when the script does not
-    /// parse; [`LoadError::Eval`] when its top level fails.
-    pub fn load(script: &Script) -> Result<Self, LoadError> {
+    /// parse; [`LoadError::Eval`] when its top level fails; [`LoadError::Timeout`] when
+    /// loading outlives `timeout`.
+    pub fn load_within(script: &Script, timeout: Duration) -> Result<Self, LoadError> {
         let source = std::fs::read(&script.entry).map_err(|source| LoadError::Read {
             path: script.entry.clone(),
             source,
         })?;
         let mut engine = BASE_ENGINE.clone();
+        let interrupt = Arc::new(AtomicBool::new(false));
+        // Set before parsing: `const` expressions are evaluated by the parser.
+        engine.set_signals(Signals::new(interrupt.clone()));
         engine.file = Some(script.entry.clone());
         let dir = Value::string(script.dir.to_string_lossy(), Span::unknown());
         engine.add_env_var("PWD".into(), dir.clone());
@@ -107,12 +160,53 @@ impl EmbeddedScript {
             Value::string(script.entry.to_string_lossy(), Span::unknown()),
         );
 
+        let id = next_call_id();
+        let output = Arc::new(CallOutput::new(DEFAULT_CAPTURE_LIMIT));
+        let watchdog = Watchdog::start(timeout, interrupt.clone(), id.clone());
+        let scope = print::enter(CurrentCall {
+            id: id.clone(),
+            output: output.clone(),
+        });
+        let loaded = Self::parse_and_run(script, engine, &source, &id);
+        drop(scope);
+        let fired = watchdog.stop();
+        let (stdout, stderr) = output.finish();
+        for (stream, captured) in [("stdout", stdout), ("stderr", stderr)] {
+            for line in captured
+                .with_note()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+            {
+                tracing::info!(target: "nuop::script", script = %script.name, stream, "{line}");
+            }
+        }
+        if fired {
+            return Err(LoadError::Timeout {
+                path: script.entry.clone(),
+                after: timeout,
+            });
+        }
+        let mut loaded = loaded?;
+        // Calls get a fresh interrupt flag per slot; the load's flag is done.
+        loaded.engine.set_signals(Signals::empty());
+        Ok(loaded)
+    }
+
+    fn parse_and_run(
+        script: &Script,
+        mut engine: EngineState,
+        source: &[u8],
+        id: &str,
+    ) -> Result<Self, LoadError> {
         let file_name = script.entry.to_string_lossy().into_owned();
-        let top_level = parse_into(&mut engine, &file_name, &source)?;
+        let top_level = parse_into(&mut engine, &file_name, source)?;
 
         // Top-level statements (`use`, `const`, `$env.X = ...`) run once, as `nu mod.nu`
         // would run them before `main`.
-        let mut stack = Stack::new();
+        let mut stack = new_stack(id).map_err(|e| LoadError::Eval {
+            path: script.entry.clone(),
+            message: format!("cannot set up the script's output: {e}"),
+        })?;
         let run = match eval_block::<WithoutDebug>(
             &engine,
             &mut stack,
@@ -134,6 +228,8 @@ impl EmbeddedScript {
                 message: render_error(&engine, &error),
             });
         }
+        // The per-call variables of the load must not become the script's defaults.
+        engine.add_env_var(CALL_ID_ENV.into(), Value::string("", Span::unknown()));
 
         let mut calls = HashMap::new();
         for phase in Phase::ALL {
@@ -164,7 +260,9 @@ impl EmbeddedScript {
         self.calls.get(&phase).is_some_and(Option::is_some)
     }
 
-    /// Runs one call on a blocking thread, bounded by the request's timeout.
+    /// Runs one call on a blocking thread, bounded by the request's timeout. Dropping
+    /// the returned future (cancellation) interrupts the evaluation and kills the
+    /// external commands it started, exactly as a timeout does.
     ///
     /// # Errors
     /// [`ExecError::MissingPhase`] when the script lacks the subcommand,
@@ -179,28 +277,30 @@ impl EmbeddedScript {
                 script: self.script.name.clone(),
                 phase: request.phase,
             })?;
-        let sinks = CallSinks::new().map_err(|e| ExecError::Engine {
-            script: self.script.name.clone(),
-            reason: format!("cannot create capture files: {e}"),
-        })?;
+        let output = Arc::new(CallOutput::new(DEFAULT_CAPTURE_LIMIT));
         let slot = self.checkout();
-        let interrupt = slot.interrupt.clone();
         let call_id = next_call_id();
         let (phase, timeout) = (request.phase, request.timeout);
+        // From here on, leaving this function early — timeout, or the future dropped —
+        // stops the evaluation and its externals.
+        let mut stop = StopOnDrop {
+            interrupt: slot.interrupt.clone(),
+            call_id: call_id.clone(),
+            armed: true,
+        };
 
         let this = Arc::clone(self);
-        let task_sinks = sinks.clone();
-        let task_call_id = call_id.clone();
+        let task_output = output.clone();
         let mut task = tokio::task::spawn_blocking(move || {
-            let outcome = evaluate(&slot.engine, &block, &request, &task_call_id, &task_sinks);
+            let _live = LiveEvaluation::enter();
+            let outcome = evaluate(&slot.engine, &block, &request, &call_id, task_output);
             (slot, outcome)
         });
 
         let joined = match tokio::time::timeout(timeout, &mut task).await {
             Ok(joined) => joined,
             Err(_) => {
-                interrupt.store(true, Ordering::SeqCst);
-                kill_call_processes(&call_id);
+                stop.now();
                 // Give the evaluation a moment to notice; its slot is dropped either way,
                 // because its engine may still be running.
                 let _ = tokio::time::timeout(INTERRUPT_GRACE, &mut task).await;
@@ -208,40 +308,32 @@ impl EmbeddedScript {
                     script: this.script.name.clone(),
                     phase,
                     after: timeout,
-                    stderr: sinks.read_stderr(),
+                    stderr: output.snapshot(Stream::Stderr),
                 });
             }
         };
+        stop.armed = false;
         let (slot, outcome) = joined.map_err(|e| ExecError::Engine {
             script: this.script.name.clone(),
             reason: format!("evaluation thread failed: {e}"),
         })?;
-        let (code, returned) = match outcome {
-            Evaluated::Finished { code, returned } => (code, returned),
-            Evaluated::Interrupted => {
+        let (code, returned, stdout, stderr) = match outcome {
+            Evaluated::Finished {
+                code,
+                returned,
+                stdout,
+                stderr,
+            } => (code, returned, stdout, stderr),
+            Evaluated::Interrupted { stderr } => {
                 return Err(ExecError::Timeout {
                     script: this.script.name.clone(),
                     phase,
                     after: timeout,
-                    stderr: sinks.read_stderr(),
+                    stderr,
                 });
             }
         };
         this.checkin(slot);
-        let (mut stdout, stderr) = sinks.read_both();
-        let returned = match returned {
-            Returned::Nothing => None,
-            Returned::Text(text) => {
-                // A returned string is what `nu mod.nu` would print: part of stdout.
-                if !stdout.truncated {
-                    stdout.text.push_str(&text);
-                    stdout.text.push('\n');
-                    stdout.total_bytes += text.len() as u64 + 1;
-                }
-                None
-            }
-            Returned::Structured(json) => Some(json),
-        };
         Ok(CallResult {
             code,
             stdout,
@@ -273,6 +365,106 @@ impl EmbeddedScript {
     }
 }
 
+/// Stops a call that did not finish: sets its interrupt flag and kills its externals.
+/// Armed for the whole call, so dropping the call's future does the same as a timeout.
+struct StopOnDrop {
+    interrupt: Arc<AtomicBool>,
+    call_id: Arc<str>,
+    armed: bool,
+}
+
+impl StopOnDrop {
+    fn now(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.armed = false;
+        self.interrupt.store(true, Ordering::SeqCst);
+        let call_id = self.call_id.clone();
+        // The /proc scan reads files: not on an async worker when there is a runtime.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(move || kill_call_processes(&call_id));
+            }
+            Err(_) => kill_call_processes(&call_id),
+        }
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
+/// Interrupts a load that outlives its timeout, from a thread of its own (the load
+/// runs on the caller's thread, which may be any thread).
+struct Watchdog {
+    cancel: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl Watchdog {
+    fn start(timeout: Duration, interrupt: Arc<AtomicBool>, id: Arc<str>) -> Self {
+        let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("nuop-load-watchdog".into())
+            .spawn(move || match cancelled.recv_timeout(timeout) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    interrupt.store(true, Ordering::SeqCst);
+                    kill_call_processes(&id);
+                    true
+                }
+                _ => false,
+            })
+            .ok();
+        Self { cancel, thread }
+    }
+
+    /// Stops the watchdog; whether it had fired.
+    fn stop(mut self) -> bool {
+        let _ = self.cancel.send(());
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or(false)
+    }
+}
+
+/// Counts evaluations still running on their threads, for tests that must show an
+/// interrupted call really ended rather than being abandoned.
+static LIVE_EVALUATIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many embedded evaluations are running right now (finished or not, counted until
+/// their thread returns).
+pub fn live_evaluations() -> usize {
+    LIVE_EVALUATIONS.load(Ordering::SeqCst)
+}
+
+struct LiveEvaluation;
+
+impl LiveEvaluation {
+    fn enter() -> Self {
+        LIVE_EVALUATIONS.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for LiveEvaluation {
+    fn drop(&mut self) {
+        LIVE_EVALUATIONS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A fresh stack whose stdout and stderr are the output placeholder, carrying `id`.
+fn new_stack(id: &str) -> std::io::Result<Stack> {
+    let mut stack = Stack::new()
+        .stdout_file(output::placeholder()?)
+        .stderr_file(output::placeholder()?);
+    stack.add_env_var(CALL_ID_ENV.into(), Value::string(id, Span::unknown()));
+    Ok(stack)
+}
+
 /// Parses `source` into `engine`, failing with file, line and Nushell's message.
 fn parse_into(
     engine: &mut EngineState,
@@ -298,6 +490,12 @@ fn parse_into(
             line,
             message: format_cli_error(None, &working_set, error, None),
         });
+    }
+    // Deprecations and the like: said once per load (a reload is a new load), where
+    // `nu` would repeat them on every call.
+    for warning in &working_set.parse_warnings {
+        let (path, line) = locate(&working_set, warning.span(), file_name);
+        tracing::warn!(target: "nuop::script", "{path}:{line}: nushell warning: {warning}");
     }
     let delta = working_set.render();
     engine.merge_delta(delta).map_err(|e| LoadError::Eval {
@@ -335,8 +533,15 @@ fn render_error(engine: &EngineState, error: &ShellError) -> String {
 }
 
 enum Evaluated {
-    Finished { code: i32, returned: Returned },
-    Interrupted,
+    Finished {
+        code: i32,
+        returned: Option<serde_json::Value>,
+        stdout: super::Captured,
+        stderr: super::Captured,
+    },
+    Interrupted {
+        stderr: super::Captured,
+    },
 }
 
 enum Returned {
@@ -350,21 +555,65 @@ fn evaluate(
     engine: &EngineState,
     block: &nu_protocol::ast::Block,
     request: &CallRequest,
-    call_id: &str,
-    sinks: &CallSinks,
+    call_id: &Arc<str>,
+    output: Arc<CallOutput>,
 ) -> Evaluated {
-    let _registration = print::register(call_id, sinks.for_print());
-    let (out, err) = match (sinks.stdout.try_clone(), sinks.stderr.try_clone()) {
-        (Ok(out), Ok(err)) => (out, err),
-        (Err(e), _) | (_, Err(e)) => {
-            sinks.write_stderr(&format!("nuop: cannot duplicate capture files: {e}\n"));
-            return Evaluated::Finished {
-                code: 1,
-                returned: Returned::Nothing,
-            };
+    let scope = print::enter(CurrentCall {
+        id: call_id.clone(),
+        output: output.clone(),
+    });
+    let result = run_block(engine, block, request, call_id, &output);
+    drop(scope);
+    let (mut stdout, stderr) = output.finish();
+    match result {
+        None => Evaluated::Interrupted { stderr },
+        Some((code, Returned::Nothing)) => Evaluated::Finished {
+            code,
+            returned: None,
+            stdout,
+            stderr,
+        },
+        Some((code, Returned::Text(text))) => {
+            // A returned string is what `nu mod.nu` would print: part of stdout.
+            if !stdout.truncated {
+                stdout.text.push_str(&text);
+                stdout.text.push('\n');
+                stdout.total_bytes += text.len() as u64 + 1;
+            }
+            Evaluated::Finished {
+                code,
+                returned: None,
+                stdout,
+                stderr,
+            }
+        }
+        Some((code, Returned::Structured(json))) => Evaluated::Finished {
+            code,
+            returned: Some(json),
+            stdout,
+            stderr,
+        },
+    }
+}
+
+/// Runs the block; `None` when it was interrupted.
+fn run_block(
+    engine: &EngineState,
+    block: &nu_protocol::ast::Block,
+    request: &CallRequest,
+    call_id: &str,
+    output: &CallOutput,
+) -> Option<(i32, Returned)> {
+    let mut stack = match new_stack(call_id) {
+        Ok(stack) => stack,
+        Err(e) => {
+            output.write(
+                Stream::Stderr,
+                format!("nuop: cannot set up the call's output: {e}\n").as_bytes(),
+            );
+            return Some((1, Returned::Nothing));
         }
     };
-    let mut stack = Stack::new().stdout_file(out).stderr_file(err);
     let span = Span::unknown();
     stack.add_env_var(
         "NUOP_CONTROLLER".into(),
@@ -374,7 +623,6 @@ fn evaluate(
         "NUOP_PHASE".into(),
         Value::string(request.phase.as_str(), span),
     );
-    stack.add_env_var(CALL_ID_ENV.into(), Value::string(call_id, span));
     let input = match &request.input {
         Some(text) => PipelineData::value(Value::string(text.as_str(), span), None),
         None => PipelineData::empty(),
@@ -385,9 +633,9 @@ fn evaluate(
         Err(error) => Err(error),
     };
     match result {
-        Ok(value) => Evaluated::Finished {
-            code: 0,
-            returned: match value {
+        Ok(value) => Some((
+            0,
+            match value {
                 Value::Nothing { .. } => Returned::Nothing,
                 Value::String { val, .. } => Returned::Text(val),
                 Value::Record { .. } | Value::List { .. } => {
@@ -395,50 +643,46 @@ fn evaluate(
                 }
                 other => Returned::Text(other.to_expanded_string("\n", &stack.get_config(engine))),
             },
-        },
-        Err(ShellError::Exit { code, .. }) => Evaluated::Finished {
-            code,
-            returned: Returned::Nothing,
-        },
-        Err(ShellError::Interrupted { .. }) if engine.signals().interrupted() => {
-            Evaluated::Interrupted
-        }
+        )),
+        Err(ShellError::Exit { code, .. }) => Some((code, Returned::Nothing)),
+        Err(_) if engine.signals().interrupted() => None,
         Err(error) => {
-            if engine.signals().interrupted() {
-                return Evaluated::Interrupted;
-            }
             let code = error.exit_code().unwrap_or(1);
             // An external's non-zero exit already said why on its own stderr.
             if !matches!(error, ShellError::NonZeroExitCode { .. }) {
-                sinks.write_stderr(&format!("{}\n", render_error(engine, &error)));
+                output.write(
+                    Stream::Stderr,
+                    format!("{}\n", render_error(engine, &error)).as_bytes(),
+                );
             }
-            Evaluated::Finished {
-                code,
-                returned: Returned::Nothing,
-            }
+            Some((code, Returned::Nothing))
         }
     }
 }
 
 /// Ids unique per process and across processes (the pid is part of them), so killing
-/// a timed-out call's externals never hits another call's.
-fn next_call_id() -> String {
+/// a timed-out call's externals never hits another call's; 64 bits of each are keyed
+/// by a per-process secret, so a script cannot guess another call's id.
+fn next_call_id() -> Arc<str> {
+    use std::hash::BuildHasher;
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    static SECRET: LazyLock<std::collections::hash_map::RandomState> =
+        LazyLock::new(std::collections::hash_map::RandomState::new);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{}-{n}-{:016x}", std::process::id(), SECRET.hash_one(n)).into()
 }
 
-/// Kills every process whose environment carries this call's id: the externals the
-/// call started and their children. The interrupt flag alone does not stop an
-/// external that is already running.
+/// Kills every process whose environment carries this call's id — the externals the
+/// call started — and every descendant of those (children that cleaned their
+/// environment, `env -i cmd`). The interrupt flag alone does not stop an external that
+/// is already running. Reads `/proc`: call it off the async workers.
 fn kill_call_processes(call_id: &str) {
     let needle = format!("{CALL_ID_ENV}={call_id}\0");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    let mut tagged: Vec<i32> = Vec::new();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -447,80 +691,88 @@ fn kill_call_processes(call_id: &str) {
         else {
             continue;
         };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes())
+        if let Some(ppid) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(parent_pid)
         {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            parents.push((pid, ppid));
+        }
+        if std::fs::read(entry.path().join("environ")).is_ok_and(|environ| {
+            environ
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+        }) {
+            tagged.push(pid);
         }
     }
-}
-
-/// One call's two capture files.
-#[derive(Clone)]
-struct CallSinks {
-    stdout: Arc<File>,
-    stderr: Arc<File>,
-}
-
-impl CallSinks {
-    fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            stdout: Arc::new(capture_file("nuop-stdout")?),
-            stderr: Arc::new(capture_file("nuop-stderr")?),
-        })
+    for pid in with_descendants(&tagged, &parents) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
+}
 
-    fn for_print(&self) -> print::Sinks {
-        print::Sinks {
-            stdout: self.stdout.clone(),
-            stderr: self.stderr.clone(),
+/// The parent pid in a `/proc/<pid>/stat` line (the field after the parenthesised
+/// command name, which may itself contain spaces and parentheses).
+fn parent_pid(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `roots` and every process below them, given (pid, parent) pairs.
+fn with_descendants(roots: &[i32], parents: &[(i32, i32)]) -> Vec<i32> {
+    let mut found: Vec<i32> = roots.to_vec();
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        for &(pid, ppid) in parents {
+            if ppid == parent && !found.contains(&pid) {
+                found.push(pid);
+            }
         }
+        i += 1;
     }
-
-    fn write_stderr(&self, text: &str) {
-        use std::io::Write;
-        let _ = (&*self.stderr).write_all(text.as_bytes());
-    }
-
-    fn read_stderr(&self) -> Captured {
-        read_capped(&self.stderr)
-    }
-
-    fn read_both(&self) -> (Captured, Captured) {
-        (read_capped(&self.stdout), read_capped(&self.stderr))
-    }
+    found
 }
 
-/// An anonymous file for one call's output. A real file rather than a buffer, because
-/// external commands the script runs write to it directly. A memfd when the kernel has
-/// them: it needs no writable filesystem (the images run with a read-only root) and
-/// costs less than a temporary file on disk (creating two per call was ~5 % of a busy
-/// controller's CPU); otherwise an unlinked temporary file. Either way what the script
-/// writes is held until the call ends and only the first `DEFAULT_CAPTURE_LIMIT` bytes
-/// are read back.
-fn capture_file(name: &str) -> std::io::Result<File> {
-    use nix::sys::memfd::{MFdFlags, memfd_create};
-    match memfd_create(name, MFdFlags::MFD_CLOEXEC) {
-        Ok(fd) => Ok(File::from(fd)),
-        Err(_) => tempfile::tempfile(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn read_capped(file: &File) -> Captured {
-    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut kept = Vec::with_capacity(total.min(DEFAULT_CAPTURE_LIMIT as u64) as usize);
-    let mut reader = file;
-    if reader.seek(SeekFrom::Start(0)).is_ok() {
-        let _ = reader
-            .take(DEFAULT_CAPTURE_LIMIT as u64)
-            .read_to_end(&mut kept);
+    #[test]
+    fn parent_pid_survives_odd_command_names() {
+        assert_eq!(parent_pid("42 (a b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(parent_pid("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parent_pid("garbage"), None);
     }
-    Captured::from_prefix(&kept, total)
+
+    #[test]
+    fn descendants_are_found_transitively() {
+        let parents = [(10, 1), (11, 10), (12, 11), (20, 1), (13, 10)];
+        let mut found = with_descendants(&[10], &parents);
+        found.sort_unstable();
+        assert_eq!(found, vec![10, 11, 12, 13]);
+        assert_eq!(with_descendants(&[], &parents), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn call_ids_are_unique_and_not_sequential_guesses() {
+        let a = next_call_id();
+        let b = next_call_id();
+        assert_ne!(a, b);
+        let pid = std::process::id();
+        assert!(a.starts_with(&format!("{pid}-")));
+        // The random part differs even between consecutive ids.
+        assert_ne!(a.rsplit('-').next(), b.rsplit('-').next());
+    }
+
+    #[test]
+    fn operator_settings_are_not_passed_to_scripts() {
+        assert!(!passed_to_scripts("OTEL_EXPORTER_OTLP_HEADERS"));
+        assert!(!passed_to_scripts("NUOP_NU"));
+        assert!(passed_to_scripts("PATH"));
+        assert!(passed_to_scripts("HTTPS_PROXY"));
+    }
 }

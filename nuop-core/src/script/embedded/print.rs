@@ -1,48 +1,83 @@
-//! The `print` command of the embedded engine, writing into the current call's capture.
+//! The `print` command of the embedded engine, writing into the current call's output,
+//! and the lookup of "the current call" that `print` and `run-external` share.
 //!
 //! Nushell's own `print` lives in nu-cli and writes to the process's stdout, which in an
-//! operator would mix every call's output into one stream. This one looks up the call's
-//! sinks by the `NUOP_CALL_ID` the executor puts on each call's stack.
+//! operator would mix every call's output into one stream. This one finds the call it
+//! belongs to first by the evaluation thread (a thread-local the script cannot touch),
+//! and only on another thread (`par-each` workers) by the `NUOP_CALL_ID` on the stack:
+//! call ids carry 64 random bits, so a script that rewrites the variable cannot name
+//! another call (test `conformance::a_rewritten_call_id_reaches_no_other_call`).
+//!
+//! No I/O of its own: writes go to [`super::output::CallOutput`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use nu_engine::command_prelude::*;
 
+use super::output::{CallOutput, Stream};
+
 /// Environment variable carrying the id of the call a stack belongs to.
 pub const CALL_ID_ENV: &str = "NUOP_CALL_ID";
 
-/// Where one call's output goes.
+/// The call an evaluation belongs to.
 #[derive(Clone)]
-pub(crate) struct Sinks {
-    pub(crate) stdout: Arc<File>,
-    pub(crate) stderr: Arc<File>,
+pub(crate) struct CurrentCall {
+    pub(crate) id: Arc<str>,
+    pub(crate) output: Arc<CallOutput>,
 }
 
-static SINKS: LazyLock<Mutex<HashMap<String, Sinks>>> = LazyLock::new(Default::default);
+static CALLS: LazyLock<Mutex<HashMap<Arc<str>, Arc<CallOutput>>>> = LazyLock::new(Default::default);
 
-/// Registers a call's sinks until the returned guard drops.
-pub(crate) fn register(call_id: &str, sinks: Sinks) -> SinkRegistration {
-    lock().insert(call_id.to_string(), sinks);
-    SinkRegistration(call_id.to_string())
+thread_local! {
+    static CURRENT: RefCell<Option<CurrentCall>> = const { RefCell::new(None) };
 }
 
-fn lock() -> std::sync::MutexGuard<'static, HashMap<String, Sinks>> {
-    // A panic while holding this lock cannot leave the map inconsistent.
-    SINKS
+fn calls() -> std::sync::MutexGuard<'static, HashMap<Arc<str>, Arc<CallOutput>>> {
+    // Inserting and removing entries cannot leave the map inconsistent.
+    CALLS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Removes a call's sinks when dropped.
-pub(crate) struct SinkRegistration(String);
+/// Makes `call` the current call of this thread (and findable by id from others) until
+/// the returned guard drops.
+pub(crate) fn enter(call: CurrentCall) -> CallScope {
+    calls().insert(call.id.clone(), call.output.clone());
+    let id = call.id.clone();
+    let previous = CURRENT.with(|c| c.replace(Some(call)));
+    CallScope { id, previous }
+}
 
-impl Drop for SinkRegistration {
+/// Ends a call's scope on this thread when dropped.
+pub(crate) struct CallScope {
+    id: Arc<str>,
+    previous: Option<CurrentCall>,
+}
+
+impl Drop for CallScope {
     fn drop(&mut self) {
-        lock().remove(&self.0);
+        calls().remove(&self.id);
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
     }
+}
+
+/// The call a command runs in: this thread's, else the one the stack names.
+pub(crate) fn current(engine_state: &EngineState, stack: &Stack) -> Option<CurrentCall> {
+    if let Some(call) = CURRENT.with(|c| c.borrow().clone()) {
+        return Some(call);
+    }
+    let id = stack
+        .get_env_var(engine_state, CALL_ID_ENV)
+        .and_then(|v| v.as_str().ok())?
+        .to_string();
+    let output = calls().get(id.as_str()).cloned()?;
+    Some(CurrentCall {
+        id: id.into(),
+        output,
+    })
 }
 
 /// `print`: writes its arguments (or its input) to the call's stdout, or stderr with `-e`.
@@ -103,27 +138,16 @@ impl Command for Print {
             }
         }
 
-        let call_id = stack
-            .get_env_var(engine_state, CALL_ID_ENV)
-            .and_then(|v| v.as_str().ok())
-            .map(str::to_string);
-        let sinks = call_id.and_then(|id| lock().get(&id).cloned());
-        match sinks {
-            Some(sinks) => {
-                let file = if to_stderr {
-                    &sinks.stderr
+        match current(engine_state, stack) {
+            Some(current) => {
+                let stream = if to_stderr {
+                    Stream::Stderr
                 } else {
-                    &sinks.stdout
+                    Stream::Stdout
                 };
-                (&**file).write_all(text.as_bytes()).map_err(|e| {
-                    ShellError::Generic(nu_protocol::shell_error::generic::GenericError::new(
-                        "print failed",
-                        e.to_string(),
-                        call.head,
-                    ))
-                })?;
+                current.output.write(stream, text.as_bytes());
             }
-            // Outside a call (a script's top level at load time) there is no capture.
+            // Outside a call (nothing registered) there is no capture.
             None => tracing::info!(target: "nuop::script", "{}", text.trim_end()),
         }
         Ok(PipelineData::empty())
