@@ -13,19 +13,33 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use prometheus::IntGauge;
 
 use crate::controller::Shutdown;
 use crate::metrics::METRICS;
 
 /// Whether the process is ready to serve: every registered controller synced and no
 /// shutdown under way.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Readiness {
     controllers: Mutex<BTreeMap<String, bool>>,
+    /// Where the count of synced controllers goes (`nuop_controllers_synced`).
+    synced_gauge: IntGauge,
     stopping: AtomicBool,
     /// A reason that keeps the process unready regardless of controllers (e.g. no
     /// script source fetched yet).
     blocker: Mutex<Option<String>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            controllers: Mutex::default(),
+            synced_gauge: METRICS.controllers_synced.clone(),
+            stopping: AtomicBool::default(),
+            blocker: Mutex::default(),
+        }
+    }
 }
 
 impl Readiness {
@@ -43,14 +57,20 @@ impl Readiness {
     pub fn mark_synced(&self, controller: &str) {
         let mut controllers = self.lock();
         controllers.insert(controller.to_string(), true);
-        METRICS
-            .controllers_synced
-            .set(controllers.values().filter(|s| **s).count() as i64);
+        self.count_synced(&controllers);
     }
 
-    /// Forgets a controller (it was stopped on purpose).
+    /// Forgets a controller (it was stopped on purpose); `nuop_controllers_synced` drops
+    /// with it (`removing_a_controller_updates_the_synced_gauge`).
     pub fn remove(&self, controller: &str) {
-        self.lock().remove(controller);
+        let mut controllers = self.lock();
+        controllers.remove(controller);
+        self.count_synced(&controllers);
+    }
+
+    fn count_synced(&self, controllers: &BTreeMap<String, bool>) {
+        self.synced_gauge
+            .set(controllers.values().filter(|s| **s).count() as i64);
     }
 
     /// Marks the process as stopping: never ready again.
@@ -233,6 +253,22 @@ mod tests {
         r.block(None);
         r.stopping();
         assert_eq!(r.check(), Err("shutting down".into()));
+    }
+
+    #[test]
+    fn removing_a_controller_updates_the_synced_gauge() {
+        // A private gauge: the process-wide one is shared with parallel tests.
+        let gauge = IntGauge::new("unit_synced", "test").expect("gauge");
+        let r = Readiness {
+            synced_gauge: gauge.clone(),
+            ..Readiness::default()
+        };
+        r.register("a");
+        r.mark_synced("a");
+        r.mark_synced("b");
+        assert_eq!(gauge.get(), 2);
+        r.remove("a");
+        assert_eq!(gauge.get(), 1);
     }
 
     #[test]
