@@ -64,11 +64,12 @@ pub(crate) fn discovery_retry_delay(attempt: u32) -> std::time::Duration {
     backoff::delay_after(attempt).min(std::time::Duration::from_secs(30))
 }
 
-/// Resolves a config's kind through API discovery, retrying until it exists or shutdown.
-/// Returns `None` on shutdown.
+/// Resolves a config's kind through API discovery, retrying until it exists or shutdown;
+/// each failed attempt is noted in `readiness`. Returns `None` on shutdown.
 pub async fn resolve_kind(
     client: &Client,
     config: &ScriptConfig,
+    readiness: &Readiness,
     shutdown: Shutdown,
 ) -> Option<(ApiResource, ApiCapabilities)> {
     let gvk = GroupVersionKind::gvk(&config.group, &config.version, &config.kind);
@@ -79,6 +80,13 @@ pub async fn resolve_kind(
             Err(e) => {
                 attempt += 1;
                 let delay = discovery_retry_delay(attempt);
+                readiness.note(
+                    &config.name,
+                    Some(format!(
+                        "kind {}/{} {} not served yet, attempt {attempt}",
+                        config.group, config.version, config.kind
+                    )),
+                );
                 warn!(
                     controller = %config.name,
                     "kind {}/{} {} not served yet ({e}); retrying in {delay:?}",
@@ -103,7 +111,7 @@ pub async fn run(
 ) {
     // Registered before discovery: a kind that is not served yet keeps the process unready.
     options.readiness.register(&config.name);
-    let Some((resource, caps)) = resolve_kind(&client, &config, shutdown.clone()).await else {
+    let Some((resource, caps)) = resolve_kind(&client, &config, &options.readiness, shutdown.clone()).await else {
         return;
     };
     let namespaced = caps.scope == Scope::Namespaced;
