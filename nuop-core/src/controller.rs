@@ -160,12 +160,14 @@ pub async fn run(
     let first_lists = Arc::new(FirstLists::new(apis.len()));
     // Only a watch narrowed by selectors can lose sight of an object that still exists;
     // such objects are found by an unselective metadata watch (see reconcile::release).
-    let releases = if ctx.config.finalizer.is_some()
-        && !(ctx.config.label_selectors.is_empty() && ctx.config.field_selectors.is_empty())
+    let releases: Vec<Option<String>> = if ctx.config.finalizer.is_none()
+        || ctx.config.label_selectors.is_empty() && ctx.config.field_selectors.is_empty()
     {
-        apis.clone()
-    } else {
         Vec::new()
+    } else if namespaced && !ctx.config.namespaces.is_empty() {
+        ctx.config.namespaces.iter().cloned().map(Some).collect()
+    } else {
+        vec![None]
     };
     let mut stores = Vec::new();
     let controllers: Vec<_> = apis
@@ -201,8 +203,8 @@ pub async fn run(
         ctx.clone(),
         shutdown.clone(),
     ));
-    let release_runs = releases.into_iter().map(|api| {
-        release::run(ctx.clone(), api, options.concurrency, shutdown.clone()).boxed()
+    let release_runs = releases.into_iter().map(|namespace| {
+        release::run(ctx.clone(), namespace, options.concurrency, shutdown.clone()).boxed()
     });
     let runs = controllers.into_iter().map(|c| {
         c.run(reconcile, error_policy, ctx.clone())

@@ -25,7 +25,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::EventType;
-use kube::runtime::{Controller, WatchStreamExt, metadata_watcher, reflector, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::ResourceExt;
 use serde_json::Value;
 use tracing::{Instrument, debug, info, warn};
@@ -92,13 +92,23 @@ fn labels_of(object: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Watches the kind through `api` (one namespace, or all) without selectors and
-/// releases what left the selectors, until `shutdown`.
-pub(crate) async fn run(ctx: Arc<Context>, api: Api<DynamicObject>, concurrency: u16, shutdown: Shutdown) {
+/// Watches the kind's metadata in `namespace` (all namespaces when `None`) without
+/// selectors and releases what left the selectors, until `shutdown`.
+pub(crate) async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: Shutdown,
+) {
     let resource = ctx.resource.clone();
+    // An Api of PartialObjectMeta makes metadata-only requests.
+    let api: Api<PartialObjectMeta<DynamicObject>> = match &namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
+        None => Api::all_with(ctx.client.clone(), &resource),
+    };
     let writer = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(resource.clone());
     let reader = writer.as_reader();
-    let objects = metadata_watcher(api, watcher::Config::default())
+    let objects = watcher(api, watcher::Config::default())
         .modify(|object| object.metadata.managed_fields = None);
     let trigger = reflector(writer, objects).applied_objects();
     Controller::for_stream_with(trigger, reader, resource)
@@ -131,12 +141,12 @@ async fn reconcile_release(
     object: Arc<PartialObjectMeta<DynamicObject>>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let Some(finalizer) = ctx.config.finalizer.as_deref() else {
+    let Some(finalizer) = ctx.config.finalizer.clone() else {
         return Ok(Action::await_change());
     };
     let check = release_check(
         object.labels(),
-        object.finalizers().iter().any(|f| f == finalizer),
+        object.finalizers().contains(&finalizer),
         &ctx.config.label_selectors,
         !ctx.config.field_selectors.is_empty(),
     );
@@ -146,7 +156,7 @@ async fn reconcile_release(
     let summary = meta_value(&object);
     let span = object_span(&ctx, &summary);
     async move {
-        let result = release(&summary, check, &ctx, finalizer).await;
+        let result = release(&summary, check, &ctx, &finalizer).await;
         match &result {
             Ok(_) => ctx.backoff.succeeded(&key(&summary)),
             Err(error) if error.retry() == Retry::Gone => {
