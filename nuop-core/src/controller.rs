@@ -111,7 +111,9 @@ pub async fn run(
 ) {
     // Registered before discovery: a kind that is not served yet keeps the process unready.
     options.readiness.register(&config.name);
-    let Some((resource, caps)) = resolve_kind(&client, &config, &options.readiness, shutdown.clone()).await else {
+    let Some((resource, caps)) =
+        resolve_kind(&client, &config, &options.readiness, shutdown.clone()).await
+    else {
         return;
     };
     let namespaced = caps.scope == Scope::Namespaced;
@@ -204,7 +206,13 @@ pub async fn run(
         shutdown.clone(),
     ));
     let release_runs = releases.into_iter().map(|namespace| {
-        release::run(ctx.clone(), namespace, options.concurrency, shutdown.clone()).boxed()
+        release::run(
+            ctx.clone(),
+            namespace,
+            options.concurrency,
+            shutdown.clone(),
+        )
+        .boxed()
     });
     let runs = controllers.into_iter().map(|c| {
         c.run(reconcile, error_policy, ctx.clone())
@@ -288,7 +296,10 @@ async fn report_cache(
 /// Forgets the failures of objects the watches no longer hold (deleted while failing),
 /// so the backoff map does not grow with every object that ever failed. Releases are
 /// keyed apart and forgotten when they succeed.
-fn prune_backoff(backoff: &Backoff<String>, stores: &[kube::runtime::reflector::Store<DynamicObject>]) {
+fn prune_backoff(
+    backoff: &Backoff<String>,
+    stores: &[kube::runtime::reflector::Store<DynamicObject>],
+) {
     if backoff.is_empty() {
         return;
     }

@@ -222,7 +222,10 @@ mod tests {
     #[test]
     fn a_stopped_controller_leaves_no_gauge_series() {
         METRICS.objects.with_label_values(&["unit-stopped"]).set(7);
-        METRICS.in_flight.with_label_values(&["unit-stopped"]).set(1);
+        METRICS
+            .in_flight
+            .with_label_values(&["unit-stopped"])
+            .set(1);
         METRICS.forget_controller("unit-stopped");
         let text = METRICS.render();
         assert!(!text.contains("controller=\"unit-stopped\""), "{text}");

@@ -67,7 +67,9 @@ async fn an_object_that_left_the_selector_while_nuop_was_down_is_released() {
         .await
         .expect("create");
     eventually("our finalizer on the object", LIMIT, || async {
-        has_finalizer(&cms, "leaving", finalizer).await?.then_some(())
+        has_finalizer(&cms, "leaving", finalizer)
+            .await?
+            .then_some(())
     })
     .await;
     first.stop().await;
@@ -88,8 +90,8 @@ async fn an_object_that_left_the_selector_while_nuop_was_down_is_released() {
         (!has_finalizer(&cms, "leaving", finalizer).await?).then_some(())
     })
     .await;
-    let log = std::fs::read_to_string(second.script_dir().join("finalized.log"))
-        .expect("finalize ran");
+    let log =
+        std::fs::read_to_string(second.script_dir().join("finalized.log")).expect("finalize ran");
     assert_eq!(log.trim(), "leaving");
     let still_there = cms.get("leaving").await.expect("the object is not deleted");
     assert!(still_there.metadata.deletion_timestamp.is_none());
@@ -126,7 +128,9 @@ async fn field_selectors_are_honoured_when_releasing() {
         .await
         .expect("create picked");
     eventually("our finalizer on the selected object", LIMIT, || async {
-        has_finalizer(&cms, "picked", finalizer).await?.then_some(())
+        has_finalizer(&cms, "picked", finalizer)
+            .await?
+            .then_some(())
     })
     .await;
     eventually("the stray object to be released", LIMIT, || async {
@@ -191,8 +195,12 @@ def "main reconcile" [] {
 "#,
     )
     .expect("write script");
-    let runner = ScriptRunner::load_with(ExecutorKind::Embedded, &Script::at(&script_dir), nu_binary())
-        .expect("load");
+    let runner = ScriptRunner::load_with(
+        ExecutorKind::Embedded,
+        &Script::at(&script_dir),
+        nu_binary(),
+    )
+    .expect("load");
     let mut config = runner
         .config(nuop_core::protocol::DEFAULT_TIMEOUT)
         .await
@@ -215,9 +223,12 @@ def "main reconcile" [] {
     for namespace in [&env.namespace, &second_namespace] {
         let cms = Api::<ConfigMap>::namespaced(env.client.clone(), namespace);
         for i in 0..3 {
-            cms.create(&PostParams::default(), &configmap(&format!("cm-{i}"), &[("x", "y")]))
-                .await
-                .expect("create");
+            cms.create(
+                &PostParams::default(),
+                &configmap(&format!("cm-{i}"), &[("x", "y")]),
+            )
+            .await
+            .expect("create");
         }
     }
     let calls = script_dir.join("calls.log");

@@ -514,7 +514,11 @@ def "main reconcile" [] {
         })
         .map(str::to_string)
         .collect();
-    assert_eq!(errors, Vec::<String>::new(), "the conflict was not re-read at once");
+    assert_eq!(
+        errors,
+        Vec::<String>::new(),
+        "the conflict was not re-read at once"
+    );
     let warnings: Vec<_> = events_for(&env, "contested")
         .await
         .into_iter()

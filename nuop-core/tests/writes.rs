@@ -104,7 +104,10 @@ def "main reconcile" [] {
     let cms = env.api::<ConfigMap>();
     // An owner that exists, so the garbage collector leaves the object alone.
     let owner = cms
-        .create(&PostParams::default(), &configmap("owner", &[("x", "n")], &[]))
+        .create(
+            &PostParams::default(),
+            &configmap("owner", &[("x", "n")], &[]),
+        )
         .await
         .expect("create owner");
     let mut object = configmap("target", &[("other", "keep")], &[("k", "v")]);
@@ -184,7 +187,10 @@ def "main reconcile" [] {
         (!cm.labels().contains_key("drop")).then_some(cm)
     })
     .await;
-    assert_eq!(after.metadata.labels, Some(pairs(&[("x", "y"), ("keep", "1")])));
+    assert_eq!(
+        after.metadata.labels,
+        Some(pairs(&[("x", "y"), ("keep", "1")]))
+    );
     assert_eq!(after.data, Some(pairs(&[("keep", "1")])));
 }
 
@@ -244,19 +250,26 @@ async fn a_change_to_an_unrelated_field_between_read_and_write_survives() {
         )
         .await;
     let cms = env.api::<ConfigMap>();
-    cms.create(&PostParams::default(), &configmap("target", &[], &[("k", "v")]))
-        .await
-        .expect("create");
+    cms.create(
+        &PostParams::default(),
+        &configmap("target", &[], &[("k", "v")]),
+    )
+    .await
+    .expect("create");
     change_during_first_call(
         &controller,
         &cms,
         json!({"metadata": {"annotations": {"late": "change"}}}),
     )
     .await;
-    let after = eventually("the label on top of the concurrent change", LIMIT, || async {
-        let cm = cms.get("target").await.ok()?;
-        (cm.labels().get("nuop.dev/done").map(String::as_str) == Some("true")).then_some(cm)
-    })
+    let after = eventually(
+        "the label on top of the concurrent change",
+        LIMIT,
+        || async {
+            let cm = cms.get("target").await.ok()?;
+            (cm.labels().get("nuop.dev/done").map(String::as_str) == Some("true")).then_some(cm)
+        },
+    )
     .await;
     assert_eq!(
         after.annotations().get("late").map(String::as_str),
@@ -284,9 +297,12 @@ async fn a_stale_read_of_the_changed_field_is_re_read_and_reconciled_at_once() {
         )
         .await;
     let cms = env.api::<ConfigMap>();
-    cms.create(&PostParams::default(), &configmap("target", &[], &[("count", "a")]))
-        .await
-        .expect("create");
+    cms.create(
+        &PostParams::default(),
+        &configmap("target", &[], &[("count", "a")]),
+    )
+    .await
+    .expect("create");
     change_during_first_call(&controller, &cms, json!({"data": {"count": "b"}})).await;
     let after = eventually("the script's answer to be written", LIMIT, || async {
         let cm = cms.get("target").await.ok()?;
@@ -294,7 +310,11 @@ async fn a_stale_read_of_the_changed_field_is_re_read_and_reconciled_at_once() {
     })
     .await;
     assert_eq!(
-        after.data.as_ref().and_then(|d| d.get("count")).map(String::as_str),
+        after
+            .data
+            .as_ref()
+            .and_then(|d| d.get("count"))
+            .map(String::as_str),
         Some("bx"),
         "the answer computed from the stale read was written"
     );

@@ -32,8 +32,8 @@ use crate::protocol::{
 use crate::script::{CallRequest, CallResult, ScriptRunner};
 
 pub use backoff::Backoff;
-pub use error::{ReconcileError, Retry};
 use error::is_not_found;
+pub use error::{ReconcileError, Retry};
 use events::{EventQueue, publish};
 use finalizer::{Step, add_finalizer_patch, next_step, patch_finalizers, remove_finalizer_patch};
 use write::{check_answer, plan_write, write};

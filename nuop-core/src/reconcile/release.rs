@@ -21,12 +21,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::EventType;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
-use kube::ResourceExt;
 use serde_json::Value;
 use tracing::{Instrument, debug, info, warn};
 
@@ -76,7 +76,9 @@ pub fn matches_labels(
     labels: &BTreeMap<String, String>,
     selectors: &BTreeMap<String, String>,
 ) -> bool {
-    selectors.iter().all(|(key, value)| labels.get(key) == Some(value))
+    selectors
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value))
 }
 
 fn labels_of(object: &Value) -> BTreeMap<String, String> {
@@ -106,7 +108,8 @@ pub(crate) async fn run(
         Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
         None => Api::all_with(ctx.client.clone(), &resource),
     };
-    let writer = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(resource.clone());
+    let writer =
+        reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(resource.clone());
     let reader = writer.as_reader();
     let objects = watcher(api, watcher::Config::default())
         .modify(|object| object.metadata.managed_fields = None);
@@ -188,10 +191,13 @@ async fn release(
         return Ok(Action::await_change());
     }
     // The full object, as `finalize` sees it, and a second look at the labels on it.
-    let Some(fresh) = api.get_opt(name).await.map_err(|source| ReconcileError::Api {
-        action: "read object that left the selectors",
-        source,
-    })?
+    let Some(fresh) = api
+        .get_opt(name)
+        .await
+        .map_err(|source| ReconcileError::Api {
+            action: "read object that left the selectors",
+            source,
+        })?
     else {
         return Ok(Action::await_change());
     };
@@ -203,7 +209,11 @@ async fn release(
         return Ok(Action::await_change());
     }
     let _permit = ctx.permits.acquire().await.ok();
-    let _in_flight = GaugeGuard::inc(METRICS.in_flight.with_label_values(&[ctx.config.name.as_str()]));
+    let _in_flight = GaugeGuard::inc(
+        METRICS
+            .in_flight
+            .with_label_values(&[ctx.config.name.as_str()]),
+    );
     info!("the object no longer matches the selectors; finalizing it");
     run_finalize(&current, ctx).await
 }
@@ -280,11 +290,20 @@ mod tests {
         let selected = map(&[("x", "y")]);
         let left = map(&[("x", "n")]);
         assert_eq!(release_check(&left, false, &selectors, false), Check::Keep);
-        assert_eq!(release_check(&selected, true, &selectors, false), Check::Keep);
-        assert_eq!(release_check(&left, true, &selectors, false), Check::Release);
+        assert_eq!(
+            release_check(&selected, true, &selectors, false),
+            Check::Keep
+        );
+        assert_eq!(
+            release_check(&left, true, &selectors, false),
+            Check::Release
+        );
         assert_eq!(release_check(&left, true, &selectors, true), Check::Release);
         // Labels match but field selectors are set: only the server can tell.
-        assert_eq!(release_check(&selected, true, &selectors, true), Check::AskServer);
+        assert_eq!(
+            release_check(&selected, true, &selectors, true),
+            Check::AskServer
+        );
     }
 
     #[test]

@@ -98,8 +98,7 @@ pub enum AnswerError {
 /// Whether `answer` is a whole object rather than a partial one: it keeps every
 /// top-level key and every `metadata` key of `input` (see the module doc).
 pub fn is_whole(input: &Value, answer: &Value) -> bool {
-    let keeps = |from: Option<&Value>, to: Option<&Value>| match from.and_then(Value::as_object)
-    {
+    let keeps = |from: Option<&Value>, to: Option<&Value>| match from.and_then(Value::as_object) {
         None => true,
         Some(from) => to
             .and_then(Value::as_object)
@@ -218,7 +217,9 @@ pub fn plan_write(input: &Value, answer: &Value, has_status_subresource: bool) -
     };
     let guard = |mut patch: Value| {
         if let (Some(rv), Some(map)) = (
-            input.pointer("/metadata/resourceVersion").filter(|v| v.is_string()),
+            input
+                .pointer("/metadata/resourceVersion")
+                .filter(|v| v.is_string()),
             patch.as_object_mut(),
         ) {
             let meta = map
@@ -329,8 +330,10 @@ mod tests {
         let plan = plan_write(&input(), &answer, false);
         assert_eq!(
             plan.main,
-            Some(json!({"metadata": {"labels": {"new": "3"}, "resourceVersion": "7"},
-                        "data": {"k": "v2"}}))
+            Some(
+                json!({"metadata": {"labels": {"new": "3"}, "resourceVersion": "7"},
+                        "data": {"k": "v2"}})
+            )
         );
         assert_eq!(plan.status, None);
     }
@@ -346,8 +349,10 @@ mod tests {
         assert!(is_whole(&input(), &answer));
         assert_eq!(
             plan_write(&input(), &answer, false).main,
-            Some(json!({"metadata": {"labels": {"drop": null}, "resourceVersion": "7"},
-                        "data": {"old": null}}))
+            Some(
+                json!({"metadata": {"labels": {"drop": null}, "resourceVersion": "7"},
+                        "data": {"old": null}})
+            )
         );
     }
 
