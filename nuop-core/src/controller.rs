@@ -14,19 +14,21 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, Scope, pinned_kind};
 use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use tracing::{debug, info, warn};
 
 use crate::health::Readiness;
 use crate::metrics::METRICS;
 use crate::protocol::ScriptConfig;
-use crate::reconcile::{Context, discovery_retry_delay, error_policy, reconcile};
+use crate::reconcile::{Backoff, Context, backoff, error_policy, reconcile, release};
 use crate::script::ScriptRunner;
 
 /// Settings shared by every controller in a process.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
-    /// Reconciles of one controller that may run at once.
+    /// Script calls (reconciles and releases) one controller may run at once, across
+    /// all the namespaces it watches (`concurrency_is_per_controller_across_namespaces`
+    /// in `tests/release.rs`).
     pub concurrency: u16,
     /// Where controllers report that their first list completed.
     pub readiness: Arc<Readiness>,
@@ -57,11 +59,17 @@ pub fn shutdown_signal(trigger: impl Future<Output = ()> + Send + 'static) -> Sh
     trigger.boxed().shared()
 }
 
-/// Resolves a config's kind through API discovery, retrying until it exists or shutdown.
-/// Returns `None` on shutdown.
+/// How long to wait between discovery attempts for a kind that does not exist yet.
+pub(crate) fn discovery_retry_delay(attempt: u32) -> std::time::Duration {
+    backoff::delay_after(attempt).min(std::time::Duration::from_secs(30))
+}
+
+/// Resolves a config's kind through API discovery, retrying until it exists or shutdown;
+/// each failed attempt is noted in `readiness`. Returns `None` on shutdown.
 pub async fn resolve_kind(
     client: &Client,
     config: &ScriptConfig,
+    readiness: &Readiness,
     shutdown: Shutdown,
 ) -> Option<(ApiResource, ApiCapabilities)> {
     let gvk = GroupVersionKind::gvk(&config.group, &config.version, &config.kind);
@@ -72,6 +80,13 @@ pub async fn resolve_kind(
             Err(e) => {
                 attempt += 1;
                 let delay = discovery_retry_delay(attempt);
+                readiness.note(
+                    &config.name,
+                    Some(format!(
+                        "kind {}/{} {} not served yet, attempt {attempt}",
+                        config.group, config.version, config.kind
+                    )),
+                );
                 warn!(
                     controller = %config.name,
                     "kind {}/{} {} not served yet ({e}); retrying in {delay:?}",
@@ -96,7 +111,9 @@ pub async fn run(
 ) {
     // Registered before discovery: a kind that is not served yet keeps the process unready.
     options.readiness.register(&config.name);
-    let Some((resource, caps)) = resolve_kind(&client, &config, shutdown.clone()).await else {
+    let Some((resource, caps)) =
+        resolve_kind(&client, &config, &options.readiness, shutdown.clone()).await
+    else {
         return;
     };
     let namespaced = caps.scope == Scope::Namespaced;
@@ -130,23 +147,30 @@ pub async fn run(
     };
 
     let name = config.name.clone();
-    let mut context = Context::new(
+    let ctx = Arc::new(Context::new(
         config,
         runner,
         client,
         resource.clone(),
         namespaced,
         has_status,
-    );
-    context.write_events = options.write_events;
-    let ctx = Arc::new(context);
+        &options,
+    ));
     // Each watch reports its own first list (InitDone) to `first_lists`. Waiting on
     // `Store::wait_until_ready` from a second task does not work: kube-runtime's store
     // wakes only the last task that polled it, which is the controller's own runner.
     let first_lists = Arc::new(FirstLists::new(apis.len()));
-    // Only a watch narrowed by selectors can lose sight of an object that still exists.
-    let releases = ctx.config.finalizer.is_some()
-        && !(ctx.config.label_selectors.is_empty() && ctx.config.field_selectors.is_empty());
+    // Only a watch narrowed by selectors can lose sight of an object that still exists;
+    // such objects are found by an unselective metadata watch (see reconcile::release).
+    let releases: Vec<Option<String>> = if ctx.config.finalizer.is_none()
+        || ctx.config.label_selectors.is_empty() && ctx.config.field_selectors.is_empty()
+    {
+        Vec::new()
+    } else if namespaced && !ctx.config.namespaces.is_empty() {
+        ctx.config.namespaces.iter().cloned().map(Some).collect()
+    } else {
+        vec![None]
+    };
     let mut stores = Vec::new();
     let controllers: Vec<_> = apis
         .into_iter()
@@ -156,10 +180,8 @@ pub async fn run(
             stores.push(reader.clone());
             let first_lists = first_lists.clone();
             let mut seen = false;
-            let release_ctx = releases.then(|| ctx.clone());
             // managedFields are dropped as objects arrive: often half of a small object,
-            // they would be cached for every object and sent to every script call. An
-            // update without them leaves the server's copy as it is.
+            // they would be cached for every object and sent to every script call.
             let objects = watcher(api, watcher_config.clone())
                 .modify(|object: &mut DynamicObject| object.metadata.managed_fields = None);
             let trigger = reflector(writer, objects)
@@ -167,21 +189,6 @@ pub async fn run(
                     if !seen && matches!(event, Ok(watcher::Event::InitDone)) {
                         seen = true;
                         first_lists.done();
-                    }
-                    // A selective watch reports an object that stopped matching as
-                    // deleted; one still carrying our finalizer was not really deleted
-                    // (the finalizer would hold it) and must be let go of.
-                    if let (Some(ctx), Ok(watcher::Event::Delete(object))) = (&release_ctx, event)
-                        && ctx
-                            .config
-                            .finalizer
-                            .as_ref()
-                            .is_some_and(|f| object.finalizers().contains(f))
-                    {
-                        tokio::spawn(crate::reconcile::release(
-                            Arc::new(object.clone()),
-                            ctx.clone(),
-                        ));
                     }
                 })
                 .applied_objects();
@@ -195,8 +202,18 @@ pub async fn run(
         stores,
         first_lists,
         options.readiness.clone(),
+        ctx.clone(),
         shutdown.clone(),
     ));
+    let release_runs = releases.into_iter().map(|namespace| {
+        release::run(
+            ctx.clone(),
+            namespace,
+            options.concurrency,
+            shutdown.clone(),
+        )
+        .boxed()
+    });
     let runs = controllers.into_iter().map(|c| {
         c.run(reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {
@@ -208,7 +225,12 @@ pub async fn run(
                 }
             })
     });
-    futures::future::join_all(runs).await;
+    futures::future::join(
+        futures::future::join_all(runs),
+        futures::future::join_all(release_runs),
+    )
+    .await;
+    METRICS.forget_controller(&name);
     info!(controller = %name, "controller stopped");
 }
 
@@ -245,12 +267,14 @@ impl FirstLists {
 }
 
 /// Marks the controller ready once every watch has completed its first list, then
-/// keeps the cached-objects gauge current until shutdown.
+/// keeps the cached-objects gauge current and prunes the backoff of objects that are
+/// gone, until shutdown.
 async fn report_cache(
     name: String,
     stores: Vec<kube::runtime::reflector::Store<DynamicObject>>,
     first_lists: Arc<FirstLists>,
     readiness: Arc<Readiness>,
+    ctx: Arc<Context>,
     shutdown: Shutdown,
 ) {
     tokio::select! {
@@ -261,9 +285,28 @@ async fn report_cache(
     let gauge = METRICS.objects.with_label_values(&[name.as_str()]);
     loop {
         gauge.set(stores.iter().map(|s| s.state().len()).sum::<usize>() as i64);
+        prune_backoff(&ctx.backoff, &stores);
         tokio::select! {
             () = tokio::time::sleep(CACHE_GAUGE_INTERVAL) => {}
             () = shutdown.clone() => return,
         }
     }
+}
+
+/// Forgets the failures of objects the watches no longer hold (deleted while failing),
+/// so the backoff map does not grow with every object that ever failed. Releases are
+/// keyed apart and forgotten when they succeed.
+fn prune_backoff(
+    backoff: &Backoff<String>,
+    stores: &[kube::runtime::reflector::Store<DynamicObject>],
+) {
+    if backoff.is_empty() {
+        return;
+    }
+    let uids: std::collections::HashSet<String> = stores
+        .iter()
+        .flat_map(|s| s.state())
+        .filter_map(|o| o.metadata.uid.clone())
+        .collect();
+    backoff.retain(|key| key.starts_with(release::KEY_PREFIX) || uids.contains(key));
 }

@@ -13,19 +13,36 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use prometheus::IntGauge;
 
 use crate::controller::Shutdown;
 use crate::metrics::METRICS;
 
 /// Whether the process is ready to serve: every registered controller synced and no
 /// shutdown under way.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Readiness {
     controllers: Mutex<BTreeMap<String, bool>>,
+    /// Where the count of synced controllers goes (`nuop_controllers_synced`).
+    synced_gauge: IntGauge,
+    /// Why an unsynced controller is still waiting, when it knows (a kind not served).
+    notes: Mutex<BTreeMap<String, String>>,
     stopping: AtomicBool,
     /// A reason that keeps the process unready regardless of controllers (e.g. no
     /// script source fetched yet).
     blocker: Mutex<Option<String>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            controllers: Mutex::default(),
+            synced_gauge: METRICS.controllers_synced.clone(),
+            notes: Mutex::default(),
+            stopping: AtomicBool::default(),
+            blocker: Mutex::default(),
+        }
+    }
 }
 
 impl Readiness {
@@ -39,18 +56,38 @@ impl Readiness {
         self.lock().entry(controller.to_string()).or_insert(false);
     }
 
-    /// Marks a controller's watch as having completed its first list.
-    pub fn mark_synced(&self, controller: &str) {
-        let mut controllers = self.lock();
-        controllers.insert(controller.to_string(), true);
-        METRICS
-            .controllers_synced
-            .set(controllers.values().filter(|s| **s).count() as i64);
+    /// Sets or clears why an unsynced controller is waiting, shown by [`Readiness::check`].
+    pub fn note(&self, controller: &str, reason: Option<String>) {
+        let mut notes = self
+            .notes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match reason {
+            Some(reason) => notes.insert(controller.to_string(), reason),
+            None => notes.remove(controller),
+        };
     }
 
-    /// Forgets a controller (it was stopped on purpose).
+    /// Marks a controller's watch as having completed its first list.
+    pub fn mark_synced(&self, controller: &str) {
+        self.note(controller, None);
+        let mut controllers = self.lock();
+        controllers.insert(controller.to_string(), true);
+        self.count_synced(&controllers);
+    }
+
+    /// Forgets a controller (it was stopped on purpose); `nuop_controllers_synced` drops
+    /// with it (`removing_a_controller_updates_the_synced_gauge`).
     pub fn remove(&self, controller: &str) {
-        self.lock().remove(controller);
+        self.note(controller, None);
+        let mut controllers = self.lock();
+        controllers.remove(controller);
+        self.count_synced(&controllers);
+    }
+
+    fn count_synced(&self, controllers: &BTreeMap<String, bool>) {
+        self.synced_gauge
+            .set(controllers.values().filter(|s| **s).count() as i64);
     }
 
     /// Marks the process as stopping: never ready again.
@@ -79,11 +116,19 @@ impl Readiness {
         {
             return Err(reason);
         }
+        let notes = self
+            .notes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let pending: Vec<String> = self
             .lock()
             .iter()
             .filter(|(_, s)| !**s)
-            .map(|(n, _)| n.clone())
+            .map(|(n, _)| match notes.get(n) {
+                Some(note) => format!("{n} ({note})"),
+                None => n.clone(),
+            })
             .collect();
         if pending.is_empty() {
             Ok(())
@@ -225,6 +270,11 @@ mod tests {
         r.register("a");
         r.register("b");
         assert_eq!(r.check(), Err("waiting for the first list of: a, b".into()));
+        r.note("b", Some("kind v1/Gadget not served yet".into()));
+        assert_eq!(
+            r.check(),
+            Err("waiting for the first list of: a, b (kind v1/Gadget not served yet)".into())
+        );
         r.mark_synced("a");
         r.mark_synced("b");
         assert_eq!(r.check(), Ok(()));
@@ -233,6 +283,22 @@ mod tests {
         r.block(None);
         r.stopping();
         assert_eq!(r.check(), Err("shutting down".into()));
+    }
+
+    #[test]
+    fn removing_a_controller_updates_the_synced_gauge() {
+        // A private gauge: the process-wide one is shared with parallel tests.
+        let gauge = IntGauge::new("unit_synced", "test").expect("gauge");
+        let r = Readiness {
+            synced_gauge: gauge.clone(),
+            ..Readiness::default()
+        };
+        r.register("a");
+        r.mark_synced("a");
+        r.mark_synced("b");
+        assert_eq!(gauge.get(), 2);
+        r.remove("a");
+        assert_eq!(gauge.get(), 1);
     }
 
     #[test]

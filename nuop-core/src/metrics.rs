@@ -39,6 +39,26 @@ pub struct Metrics {
     pub source_revision: IntGaugeVec,
 }
 
+/// Holds a gauge one higher while alive: incremented on creation, decremented on drop,
+/// so a reconcile that is aborted (shutdown, lease loss, a managed restart) still gives
+/// its count back (`a_dropped_guard_gives_its_count_back`).
+#[must_use = "the gauge goes back down when the guard is dropped"]
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    /// Increments `gauge` until the guard is dropped.
+    pub fn inc(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
@@ -141,6 +161,14 @@ impl Metrics {
         }
     }
 
+    /// Removes the series of a stopped controller from its gauges (cached objects,
+    /// reconciles in flight), so a removed mapping does not report its last value for
+    /// ever (`a_stopped_controller_leaves_no_gauge_series`). Counters keep their totals.
+    pub fn forget_controller(&self, controller: &str) {
+        let _ = self.objects.remove_label_values(&[controller]);
+        let _ = self.in_flight.remove_label_values(&[controller]);
+    }
+
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -175,5 +203,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE nuop_leader gauge"), "{text}");
+    }
+
+    #[test]
+    fn a_dropped_guard_gives_its_count_back() {
+        let gauge = METRICS.in_flight.with_label_values(&["unit-guard"]);
+        let guard = GaugeGuard::inc(gauge.clone());
+        assert_eq!(gauge.get(), 1);
+        // An aborted future drops its locals like this.
+        let aborted = async move {
+            let _held = guard;
+            std::future::pending::<()>().await;
+        };
+        drop(aborted);
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_stopped_controller_leaves_no_gauge_series() {
+        METRICS.objects.with_label_values(&["unit-stopped"]).set(7);
+        METRICS
+            .in_flight
+            .with_label_values(&["unit-stopped"])
+            .set(1);
+        METRICS.forget_controller("unit-stopped");
+        let text = METRICS.render();
+        assert!(!text.contains("controller=\"unit-stopped\""), "{text}");
     }
 }

@@ -12,8 +12,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ObjectMeta, PostParams};
 use kube::core::GroupVersionKind;
 use kube::{Api, ResourceExt};
-use nuop_core::script::ExecutorKind;
-use nuop_core::testing::{TestEnv, create_crd, eventually};
+use nuop_core::controller::{ControllerOptions, shutdown_signal};
+use nuop_core::script::{ExecutorKind, Script, ScriptRunner};
+use nuop_core::testing::{TestEnv, create_crd, eventually, nu_binary};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -101,16 +102,46 @@ async fn a_kind_that_appears_later_is_retried_and_then_reconciled() {
     let env = TestEnv::new("scope-crd").await;
     // A group of its own, so parallel runs never share the CRD.
     let group = format!("{}.scope.nuop.dev", env.namespace);
-    let _controller = env
-        .run_script(
-            "annotate",
-            &annotate_script(&group, "v1", "Gadget", &env.namespace),
-            ExecutorKind::Embedded,
-        )
-        .await;
+    // The controller runs with a readiness state of our own, to see its discovery fail.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script_dir = dir.path().join("annotate");
+    std::fs::create_dir(&script_dir).expect("script dir");
+    std::fs::write(
+        script_dir.join("mod.nu"),
+        annotate_script(&group, "v1", "Gadget", &env.namespace),
+    )
+    .expect("write script");
+    let runner = ScriptRunner::load_with(
+        ExecutorKind::Embedded,
+        &Script::at(&script_dir),
+        nu_binary(),
+    )
+    .expect("load");
+    let config = runner
+        .config(nuop_core::protocol::DEFAULT_TIMEOUT)
+        .await
+        .expect("config");
+    let options = ControllerOptions::default();
+    let readiness = options.readiness.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(nuop_core::controller::run(
+        env.client.clone(),
+        config,
+        runner,
+        options,
+        shutdown_signal(async move {
+            let _ = stopped.await;
+        }),
+    ));
 
-    // The controller is already retrying discovery; give it a few failed attempts.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Create the CRD only once discovery has failed twice: the kind is retried.
+    eventually("a second failed discovery attempt", LIMIT, || async {
+        readiness
+            .check()
+            .err()
+            .filter(|reason| reason.contains("not served yet, attempt 2"))
+    })
+    .await;
     let crds = Api::<CustomResourceDefinition>::all(env.client.clone());
     let crd_name = format!("gadgets.{group}");
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
@@ -155,4 +186,6 @@ async fn a_kind_that_appears_later_is_retried_and_then_reconciled() {
     crds.delete(&crd_name, &DeleteParams::background())
         .await
         .expect("delete the CRD");
+    let _ = stop.send(());
+    let _ = controller.await;
 }

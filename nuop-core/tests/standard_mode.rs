@@ -480,7 +480,8 @@ def "main reconcile" [] {
     )
     .await
     .expect("concurrent update");
-    // requeue intervals are 300 s: converging within the limit proves the immediate re-read.
+    // Requeue intervals are 300 s; the error checks below tell the immediate re-read
+    // from the other ways of converging.
     let final_cm = eventually(
         "the label on top of the concurrent change",
         LIMIT,
@@ -501,4 +502,28 @@ def "main reconcile" [] {
         calls.lines().count() >= 2,
         "the script ran only once: {calls}"
     );
+    // The concurrent patch's own watch event, or a conflict returned as an error and
+    // retried after the backoff, would converge too. Only the immediate re-read records
+    // no reconcile error and no Warning.
+    let errors: Vec<String> = nuop_core::metrics::METRICS
+        .render()
+        .lines()
+        .filter(|l| {
+            l.starts_with("nuop_reconcile_errors_total")
+                && l.contains("controller=\"slow-labeller\"")
+        })
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        Vec::<String>::new(),
+        "the conflict was not re-read at once"
+    );
+    let warnings: Vec<_> = events_for(&env, "contested")
+        .await
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| e.reason)
+        .collect();
+    assert!(warnings.is_empty(), "warnings: {warnings:?}");
 }

@@ -363,9 +363,9 @@ fn validate(value: &Value) -> Result<ScriptConfig, ConfigProblem> {
         field_selectors: selectors(get("fieldSelectors"), "fieldSelectors")?,
         namespaces,
         finalizer,
-        requeue_after_change: seconds(get("requeue_after_change"), "requeue_after_change", false)?
+        requeue_after_change: seconds(get("requeue_after_change"), "requeue_after_change", true)?
             .unwrap_or(DEFAULT_REQUEUE_AFTER_CHANGE),
-        requeue_after_noop: seconds(get("requeue_after_noop"), "requeue_after_noop", false)?
+        requeue_after_noop: seconds(get("requeue_after_noop"), "requeue_after_noop", true)?
             .unwrap_or(DEFAULT_REQUEUE_AFTER_NOOP),
         timeout: seconds(get("timeout"), "timeout", true)?.unwrap_or(DEFAULT_TIMEOUT),
     })
@@ -694,6 +694,15 @@ mod tests {
             (
                 json!({"name": "c", "version": "v1", "kind": "K", "requeue_after_noop": -1}),
                 "requeue_after_noop",
+            ),
+            // 0 would requeue at once, a hot loop of script calls per object: refused.
+            (
+                json!({"name": "c", "version": "v1", "kind": "K", "requeue_after_noop": 0}),
+                "requeue_after_noop",
+            ),
+            (
+                json!({"name": "c", "version": "v1", "kind": "K", "requeue_after_change": 0}),
+                "requeue_after_change",
             ),
             (
                 json!({"name": "c", "version": "v1", "kind": "K", "finalizer": "bad name"}),

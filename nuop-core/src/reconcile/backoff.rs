@@ -1,9 +1,10 @@
 //! Per-object exponential backoff for failed reconciles.
 //!
-//! Pure state: a map from object to consecutive failures. The controller records each
-//! outcome; a failure's retry delay doubles from [`BASE_DELAY`] up to [`MAX_DELAY`], and
-//! a success forgets the object. Never a fixed long delay (the original nuop waited 300 s
-//! after every error).
+//! Pure state: a map from object (its UID, in the pipeline) to consecutive failures. The
+//! controller records each outcome; a failure's retry delay doubles from [`BASE_DELAY`]
+//! up to [`MAX_DELAY`], and a success forgets the object; [`Backoff::retain`] prunes
+//! objects that are gone. The delay is never a fixed long one (the original nuop waited
+//! 300 s after every error): `delays_double_up_to_the_cap`.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -39,6 +40,27 @@ impl<K: Eq + Hash> Backoff<K> {
         delay_after(*count)
     }
 
+    /// Keeps only the keys `keep` accepts (the objects that still exist).
+    pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|k, _| keep(k));
+    }
+
+    /// How many objects have failures recorded.
+    pub fn len(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no object has failures recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Forgets `key` after a success.
     pub fn succeeded(&self, key: &K) {
         self.failures
@@ -69,5 +91,8 @@ mod tests {
         assert_eq!(b.failed("b"), Duration::from_millis(500));
         b.succeeded(&"a");
         assert_eq!(b.failed("a"), Duration::from_millis(500));
+        b.retain(|k| *k == "b");
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.failed("b"), Duration::from_secs(1));
     }
 }

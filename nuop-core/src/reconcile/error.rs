@@ -1,11 +1,26 @@
 //! Why a reconcile failed, and what the controller does about it.
 //!
 //! Pure classification: each error has a bounded [`ReconcileError::category`] (metric
-//! label and Event reason) and is either transient (retry with backoff) or permanent
-//! (wait for the object to change).
+//! label and Event reason) and a [`Retry`]: whether retrying can help, and how.
 
+use super::write::AnswerError;
 use crate::protocol::{IdentityError, OutputError};
 use crate::script::ExecError;
+
+/// What retrying a failed reconcile can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The object is gone (404): nothing to retry, no Warning, no backoff kept.
+    Gone,
+    /// The object changed since it was read (409): re-read it and reconcile at once.
+    Conflict,
+    /// The same input gives the same failure (bad output, 400, 403, 422): wait until
+    /// the object or the script changes.
+    Permanent,
+    /// Anything else (script error, timeout, 5xx, network): retry with per-object
+    /// exponential backoff, without a cap on attempts.
+    Transient,
+}
 
 /// A failed reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +42,10 @@ pub enum ReconcileError {
     /// The script's object would change the input's identity.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The script's object cannot be written (a non-string label, dropping nuop's
+    /// finalizer).
+    #[error("invalid script output: {0}")]
+    Answer(#[from] AnswerError),
     /// An API call failed.
     #[error("failed to {action}: {source}")]
     Api {
@@ -48,20 +67,41 @@ impl ReconcileError {
             Self::ScriptFailed { .. } => "ScriptFailed",
             Self::Exec(ExecError::Timeout { .. }) => "ScriptTimeout",
             Self::Exec(_) => "ScriptError",
-            Self::InvalidOutput(_) => "InvalidOutput",
+            Self::InvalidOutput(_) | Self::Answer(_) => "InvalidOutput",
             Self::Identity(_) => "IdentityChange",
             Self::Api { .. } => "ApiError",
             Self::Conflicts(_) => "Conflict",
         }
     }
 
-    /// Permanent problems come back identically until the object (or the script)
-    /// changes, so retrying on a timer only adds load.
+    /// Whether retrying can help (see [`Retry`]). Permanent problems come back
+    /// identically until the object (or the script) changes, so retrying on a timer
+    /// only adds load.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Self::InvalidOutput(_)
+            | Self::Answer(_)
+            | Self::Identity(_)
+            | Self::Exec(ExecError::MissingPhase { .. }) => Retry::Permanent,
+            Self::Api { source, .. } => retry_for_status(status_code(source)),
+            Self::ScriptFailed { .. } | Self::Exec(_) | Self::Conflicts(_) => Retry::Transient,
+        }
+    }
+
+    /// Whether the failure waits for a change of the object or script.
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            Self::InvalidOutput(_) | Self::Identity(_) | Self::Exec(ExecError::MissingPhase { .. })
-        )
+        self.retry() == Retry::Permanent
+    }
+}
+
+/// What an API answer's HTTP status means for a retry; `None` is a failure without an
+/// answer (connection, timeout, encoding).
+pub fn retry_for_status(code: Option<u16>) -> Retry {
+    match code {
+        Some(404) => Retry::Gone,
+        Some(409) => Retry::Conflict,
+        Some(400 | 403 | 422) => Retry::Permanent,
+        _ => Retry::Transient,
     }
 }
 
@@ -103,5 +143,32 @@ mod tests {
         assert!(!failed.is_permanent());
         assert_eq!(failed.category(), "ScriptFailed");
         assert!(ReconcileError::InvalidOutput(OutputError::Incomplete("kind")).is_permanent());
+        let answer = ReconcileError::Answer(AnswerError::BadFinalizers);
+        assert!(answer.is_permanent());
+        assert_eq!(answer.category(), "InvalidOutput");
+        assert_eq!(ReconcileError::Conflicts(5).retry(), Retry::Transient);
+    }
+
+    fn api(code: u16) -> ReconcileError {
+        ReconcileError::Api {
+            action: "patch object",
+            source: kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..kube::core::Status::failure("x", "y")
+            })),
+        }
+    }
+
+    #[test]
+    fn api_errors_are_classified_by_whether_retrying_can_help() {
+        assert_eq!(api(404).retry(), Retry::Gone);
+        assert_eq!(api(409).retry(), Retry::Conflict);
+        for code in [400, 403, 422] {
+            assert_eq!(api(code).retry(), Retry::Permanent, "{code}");
+        }
+        for code in [429, 500, 503] {
+            assert_eq!(api(code).retry(), Retry::Transient, "{code}");
+        }
+        assert_eq!(retry_for_status(None), Retry::Transient);
     }
 }

@@ -7,15 +7,71 @@
 //! `nuop_events_total{result="dropped"}` and logged — when the queue is full. Events are
 //! a report, not state: losing some under a flood is better than slowing the
 //! controller that produces them.
+//!
+//! [`publish`] turns an object and a reason into a queued Event (no I/O); the worker
+//! does the I/O.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder};
 use prometheus::IntCounter;
+use serde_json::Value;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tracing::warn;
 
+use super::{Context, text};
 use crate::metrics::METRICS;
+
+/// Longest Event note, in bytes; longer notes are cut at a character boundary.
+const MAX_NOTE: usize = 1000;
+
+/// Queues an Event on `object` (sent in the background; a failure is logged, never
+/// fatal). Normal Events are skipped when the controller's `write_events` is off.
+pub(crate) fn publish(
+    ctx: &Context,
+    object: &Value,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    if type_ == EventType::Normal && !ctx.write_events {
+        return;
+    }
+    let mut note = note.to_string();
+    if note.len() > MAX_NOTE {
+        let cut = (0..=MAX_NOTE)
+            .rev()
+            .find(|i| note.is_char_boundary(*i))
+            .unwrap_or(0);
+        note.truncate(cut);
+    }
+    let reference = ObjectReference {
+        api_version: Some(ctx.resource.api_version.clone()),
+        kind: Some(ctx.resource.kind.clone()),
+        name: Some(text(object, "/metadata/name").to_string()),
+        namespace: object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        uid: object
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        ..Default::default()
+    };
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    // Queued, not awaited: an Event is a second API request per write, and waiting for
+    // it would hold the reconcile's concurrency slot for a full round trip (it halved
+    // throughput in `make bench-e2e`).
+    ctx.events.send(event, reference);
+}
 
 /// Events one controller may have waiting to be sent; more are dropped.
 pub const QUEUE_CAPACITY: usize = 1024;
@@ -140,7 +196,6 @@ impl EventWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::events::EventType;
 
     fn event(reason: &str) -> Event {
         Event {

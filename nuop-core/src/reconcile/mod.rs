@@ -1,39 +1,42 @@
 //! The reconcile pipeline for one script's objects, as small steps:
 //! finalizer phase → run the script → write back → record the outcome.
 //!
-//! Does I/O (API calls, Events, script calls); every decision is delegated to the pure
-//! [`plan`], [`backoff`] and [`error`] modules.
+//! Does I/O (script calls, and through its modules API calls and Events). Each noun has
+//! its own module: [`finalizer`] (the phase and the finalizer patches), [`write`] (an
+//! answer → merge patches → requests), [`release`] (objects that left the selectors),
+//! [`events`] (the Event queue), [`error`] (what a failure means for a retry) and
+//! [`backoff`] (per-object delays). Every decision is a pure function in one of them.
 
 pub mod backoff;
 pub mod error;
 pub mod events;
-pub mod plan;
+pub mod finalizer;
+pub mod release;
+pub mod write;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 
-use crate::metrics::METRICS;
+use crate::controller::ControllerOptions;
+use crate::metrics::{GaugeGuard, METRICS};
 use crate::protocol::{
     Outcome, Phase, ScriptConfig, ScriptOutput, check_identity, classify_output,
 };
 use crate::script::{CallRequest, CallResult, ScriptRunner};
 
 pub use backoff::Backoff;
-pub use error::ReconcileError;
-use error::{is_conflict, is_not_found};
-use events::EventQueue;
-use plan::{
-    Step, WritePlan, add_finalizer_patch, has_finalizer, matches_labels, next_step, plan_write,
-    remove_finalizer_patch,
-};
+use error::is_not_found;
+pub use error::{ReconcileError, Retry};
+use events::{EventQueue, publish};
+use finalizer::{Step, add_finalizer_patch, next_step, patch_finalizers, remove_finalizer_patch};
+use write::{check_answer, plan_write, write};
 
 /// How many times a reconcile re-reads and retries after a conflicting write before it
 /// gives up and backs off.
@@ -58,12 +61,17 @@ pub struct Context {
     pub has_status: bool,
     /// Queues Events on reconciled objects for sending in the background.
     pub events: EventQueue,
-    /// Per-object failure counts.
+    /// Per-object failure counts, keyed by the object's UID (a re-created object starts
+    /// afresh).
     pub backoff: Backoff<String>,
     /// Field manager for writes.
     pub field_manager: String,
     /// Whether successful writes emit Normal Events (warnings always do).
     pub write_events: bool,
+    /// `--concurrency` permits, shared by every namespace's watch and by releases, so
+    /// the controller runs at most that many script calls at once however many
+    /// namespaces it lists.
+    pub permits: Arc<Semaphore>,
 }
 
 impl Context {
@@ -76,6 +84,7 @@ impl Context {
         resource: ApiResource,
         namespaced: bool,
         has_status: bool,
+        options: &ControllerOptions,
     ) -> Self {
         let reporter = Reporter {
             controller: format!("nuop-{}", config.name),
@@ -85,7 +94,8 @@ impl Context {
             field_manager: format!("nuop-{}", config.name),
             events: EventQueue::spawn(&config.name, Recorder::new(client.clone(), reporter)),
             backoff: Backoff::default(),
-            write_events: true,
+            write_events: options.write_events,
+            permits: Arc::new(Semaphore::new(usize::from(options.concurrency.max(1)))),
             config,
             runner,
             client,
@@ -108,16 +118,20 @@ impl Context {
     }
 }
 
-/// The key an object's backoff is tracked under.
-fn object_key(object: &Value) -> String {
-    format!(
-        "{}/{}",
-        text(object, "/metadata/namespace"),
-        text(object, "/metadata/name")
-    )
+/// The key an object's backoff is tracked under: its UID, or namespace/name for the
+/// rare object without one.
+pub(crate) fn object_key(object: &Value) -> String {
+    match text(object, "/metadata/uid") {
+        "" => format!(
+            "{}/{}",
+            text(object, "/metadata/namespace"),
+            text(object, "/metadata/name")
+        ),
+        uid => uid.to_string(),
+    }
 }
 
-fn text<'a>(object: &'a Value, pointer: &str) -> &'a str {
+pub(crate) fn text<'a>(object: &'a Value, pointer: &str) -> &'a str {
     object
         .pointer(pointer)
         .and_then(Value::as_str)
@@ -125,7 +139,8 @@ fn text<'a>(object: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// The object as the script sees it: JSON with apiVersion and kind filled in (list
-/// responses leave them out).
+/// responses leave them out) and without `managedFields` (the watch drops them too, so
+/// an object re-read after a conflict looks the same as one from the watch).
 pub fn object_value(object: &DynamicObject, resource: &ApiResource) -> Value {
     let mut value = serde_json::to_value(object).unwrap_or(Value::Null);
     if let Some(map) = value.as_object_mut() {
@@ -134,6 +149,9 @@ pub fn object_value(object: &DynamicObject, resource: &ApiResource) -> Value {
             Value::String(resource.api_version.clone()),
         );
         map.insert("kind".into(), Value::String(resource.kind.clone()));
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
     }
     value
 }
@@ -151,15 +169,23 @@ pub async fn reconcile(
     async move {
         let key = object_key(&value);
         let controller = ctx.config.name.as_str();
-        let in_flight = METRICS.in_flight.with_label_values(&[controller]);
-        in_flight.inc();
+        // The semaphore is never closed; a closed one would only mean no limit.
+        let _permit = ctx.permits.acquire().await.ok();
+        // Decremented when dropped, also when the reconcile is aborted (shutdown).
+        let _in_flight = GaugeGuard::inc(METRICS.in_flight.with_label_values(&[controller]));
         let timer = METRICS
             .reconcile_duration
             .with_label_values(&[controller])
             .start_timer();
-        let result = reconcile_with_retries(value.clone(), &ctx).await;
+        let result = match reconcile_with_retries(value.clone(), &ctx).await {
+            // Deleted while we worked on it: nothing left to do or to warn about.
+            Err(error) if error.retry() == Retry::Gone => {
+                info!("the object is gone ({error})");
+                Ok(Action::await_change())
+            }
+            other => other,
+        };
         timer.observe_duration();
-        in_flight.dec();
         match &result {
             Ok(_) => ctx.backoff.succeeded(&key),
             Err(error) => {
@@ -186,7 +212,7 @@ pub async fn reconcile(
 }
 
 /// The span every log line and trace about one object's reconcile runs in.
-fn object_span(ctx: &Context, object: &Value) -> tracing::Span {
+pub(crate) fn object_span(ctx: &Context, object: &Value) -> tracing::Span {
     // The object's name is `object`, not `name`: JSON logs write each span's own name
     // under "name", and a second "name" key would hide one of the two.
     tracing::info_span!(
@@ -198,74 +224,28 @@ fn object_span(ctx: &Context, object: &Value) -> tracing::Span {
     )
 }
 
-/// How often [`release`] tries to finalize an object that left the selectors.
-const RELEASE_ATTEMPTS: u32 = 8;
-
-/// Lets go of an object that stopped matching the controller's selectors (the watch
-/// reported it deleted) while still carrying our finalizer: runs `finalize` and removes
-/// the finalizer, as if the object had been deleted, so it is never left holding a
-/// finalizer nobody will remove. Nothing happens when the object is gone, no longer
-/// carries our finalizer, or matches the label selectors again (the watch has it back).
-/// Failures are retried with the per-object backoff, then reported with an Event.
-pub async fn release(object: Arc<DynamicObject>, ctx: Arc<Context>) {
-    let Some(finalizer) = ctx.config.finalizer.clone() else {
-        return;
-    };
-    let value = object_value(&object, &ctx.resource);
-    let span = object_span(&ctx, &value);
-    async move {
-        let key = object_key(&value);
-        for attempt in 1..=RELEASE_ATTEMPTS {
-            let current = match ctx.api_for(&value).get_opt(text(&value, "/metadata/name")).await {
-                Ok(Some(fresh)) => object_value(&fresh, &ctx.resource),
-                Ok(None) => return,
-                Err(e) => {
-                    warn!("re-reading an object that left the selectors failed: {e}");
-                    tokio::time::sleep(ctx.backoff.failed(key.clone())).await;
-                    continue;
-                }
-            };
-            if !has_finalizer(&current, &finalizer)
-                || matches_labels(&current, &ctx.config.label_selectors)
-                    && ctx.config.field_selectors.is_empty()
-            {
-                return;
-            }
-            info!("the object no longer matches the selectors; finalizing it");
-            match run_finalize(&current, &ctx).await {
-                Ok(_) => {
-                    ctx.backoff.succeeded(&key);
-                    return;
-                }
-                Err(error) => {
-                    warn!(attempt, category = error.category(), "finalizing a released object failed: {error}");
-                    if attempt == RELEASE_ATTEMPTS || error.is_permanent() {
-                        publish(&ctx, &current, EventType::Warning, error.category(), "Release", &format!(
-                            "the object left the selectors but finalize failed, so finalizer {finalizer} stays: {error}"
-                        ));
-                        return;
-                    }
-                    tokio::time::sleep(ctx.backoff.failed(key.clone())).await;
-                }
-            }
-        }
-    }
-    .instrument(span)
-    .await;
-}
-
 /// What kube-runtime does after a failed reconcile: permanent problems wait for the
-/// object to change; everything else retries with per-object exponential backoff.
+/// object (or script) to change and keep no backoff; everything else retries with
+/// per-object exponential backoff, keyed by UID.
 pub fn error_policy(
     object: Arc<DynamicObject>,
     error: &ReconcileError,
     ctx: Arc<Context>,
 ) -> Action {
-    if error.is_permanent() {
-        return Action::await_change();
+    let key = object.metadata.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            object.metadata.namespace.as_deref().unwrap_or_default(),
+            object.metadata.name.as_deref().unwrap_or_default()
+        )
+    });
+    match error.retry() {
+        Retry::Permanent | Retry::Gone => {
+            ctx.backoff.succeeded(&key);
+            Action::await_change()
+        }
+        Retry::Conflict | Retry::Transient => Action::requeue(ctx.backoff.failed(key)),
     }
-    let key = object_key(&object_value(&object, &ctx.resource));
-    Action::requeue(ctx.backoff.failed(key))
 }
 
 async fn reconcile_with_retries(
@@ -274,7 +254,7 @@ async fn reconcile_with_retries(
 ) -> Result<Action, ReconcileError> {
     for _ in 0..MAX_CONFLICT_RETRIES {
         match reconcile_once(&current, ctx).await {
-            Err(ReconcileError::Api { source, .. }) if is_conflict(&source) => {
+            Err(error) if error.retry() == Retry::Conflict => {
                 // Someone changed the object between our read and our write: read it
                 // again and reconcile at once, not after a requeue interval.
                 info!("conflicting write; re-reading and reconciling again");
@@ -342,6 +322,7 @@ async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, Reconcil
             match classify_output(&result.stdout.text, result.returned.as_ref())? {
                 ScriptOutput::Object(desired) => {
                     check_identity(object, &desired)?;
+                    check_answer(object, &desired, ctx.config.finalizer.as_deref())?;
                     let plan = plan_write(object, &desired, ctx.has_status);
                     write(ctx, object, plan).await?;
                 }
@@ -354,7 +335,7 @@ async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, Reconcil
     }
 }
 
-async fn run_finalize(object: &Value, ctx: &Context) -> Result<Action, ReconcileError> {
+pub(crate) async fn run_finalize(object: &Value, ctx: &Context) -> Result<Action, ReconcileError> {
     let result = call_script(ctx, Phase::Finalize, object).await?;
     if let Outcome::Failed(code) = Outcome::from_exit_code(result.code) {
         return Err(ReconcileError::ScriptFailed {
@@ -429,150 +410,6 @@ async fn call_script(
     Ok(result)
 }
 
-/// Applies a finalizer JSON Patch; a failed `test` (someone changed the list) counts as
-/// a conflict so the object is re-read.
-async fn patch_finalizers(
-    ctx: &Context,
-    object: &Value,
-    patch: Value,
-    action: &'static str,
-) -> Result<Value, ReconcileError> {
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| ReconcileError::Api {
-            action,
-            source: kube::Error::SerdeError(e),
-        })?;
-    let api = ctx.api_for(object);
-    let params = PatchParams::default();
-    match api
-        .patch(
-            text(object, "/metadata/name"),
-            &params,
-            &Patch::Json::<()>(patch),
-        )
-        .await
-    {
-        Ok(updated) => Ok(object_value(&updated, &ctx.resource)),
-        Err(kube::Error::Api(status)) if status.code == 422 => Err(ReconcileError::Api {
-            action,
-            source: kube::Error::Api(Box::new(kube::core::Status {
-                code: 409,
-                ..*status
-            })),
-        }),
-        Err(source) => Err(ReconcileError::Api { action, source }),
-    }
-}
-
-async fn write(ctx: &Context, object: &Value, plan: WritePlan) -> Result<(), ReconcileError> {
-    if plan.is_empty() {
-        return Ok(());
-    }
-    let api = ctx.api_for(object);
-    let name = text(object, "/metadata/name");
-    let params = PostParams {
-        dry_run: false,
-        field_manager: Some(ctx.field_manager.clone()),
-    };
-    let mut resource_version = None;
-    if let Some(main) = plan.main {
-        let desired: DynamicObject =
-            serde_json::from_value(main).map_err(|e| ReconcileError::Api {
-                action: "encode object",
-                source: kube::Error::SerdeError(e),
-            })?;
-        let updated = api
-            .replace(name, &params, &desired)
-            .await
-            .map_err(|source| ReconcileError::Api {
-                action: "update object",
-                source,
-            })?;
-        resource_version = updated.metadata.resource_version;
-        publish(
-            ctx,
-            object,
-            EventType::Normal,
-            "Updated",
-            "Update",
-            "script changes written",
-        );
-    }
-    if let Some(mut status) = plan.status {
-        if let Some(rv) = resource_version {
-            status["metadata"]["resourceVersion"] = Value::String(rv);
-        }
-        let body: DynamicObject =
-            serde_json::from_value(status).map_err(|e| ReconcileError::Api {
-                action: "encode status",
-                source: kube::Error::SerdeError(e),
-            })?;
-        api.replace_status(name, &params, &body)
-            .await
-            .map_err(|source| ReconcileError::Api {
-                action: "update status",
-                source,
-            })?;
-        publish(
-            ctx,
-            object,
-            EventType::Normal,
-            "StatusUpdated",
-            "UpdateStatus",
-            "script status written",
-        );
-    }
-    Ok(())
-}
-
-/// Queues an Event on the object; it is sent in the background (see [`events`]) and a
-/// failure is logged, never fatal.
-fn publish(
-    ctx: &Context,
-    object: &Value,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: &str,
-) {
-    if type_ == EventType::Normal && !ctx.write_events {
-        return;
-    }
-    let mut note = note.to_string();
-    if note.len() > 1000 {
-        let cut = (0..=1000)
-            .rev()
-            .find(|i| note.is_char_boundary(*i))
-            .unwrap_or(0);
-        note.truncate(cut);
-    }
-    let reference = ObjectReference {
-        api_version: Some(ctx.resource.api_version.clone()),
-        kind: Some(ctx.resource.kind.clone()),
-        name: Some(text(object, "/metadata/name").to_string()),
-        namespace: object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        uid: object
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        ..Default::default()
-    };
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary: None,
-    };
-    // Queued, not awaited: an Event is a second API request per write, and waiting for
-    // it would hold the reconcile's concurrency slot for a full round trip (it halved
-    // throughput in `make bench-e2e`).
-    ctx.events.send(event, reference);
-}
-
 fn log_lines(stream: &str, text: &str) {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     for line in lines.iter().take(MAX_LOGGED_LINES) {
@@ -591,9 +428,4 @@ fn tail(stderr: &str) -> String {
         .find(|i| trimmed.is_char_boundary(*i))
         .unwrap_or(0);
     trimmed[start..].to_string()
-}
-
-/// How long to wait between discovery attempts for a kind that does not exist yet.
-pub(crate) fn discovery_retry_delay(attempt: u32) -> Duration {
-    backoff::delay_after(attempt).min(Duration::from_secs(30))
 }

@@ -237,23 +237,25 @@ pub struct Mapping {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub field_selectors: BTreeMap<String, String>,
 
-    /// Seconds until an object is reconciled again after a reconcile changed nothing.
+    /// Seconds until an object is reconciled again after a reconcile changed nothing (at
+    /// least 1: 0 would reconcile in a hot loop).
     #[serde(
         default,
         rename = "requeue_after_noop",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 0, max = 604_800))]
+    #[schemars(range(min = 1, max = 604_800))]
     #[schemars(extend("format" = "int64"))]
     pub requeue_after_noop: Option<u64>,
 
-    /// Seconds until an object is reconciled again after a reconcile changed it.
+    /// Seconds until an object is reconciled again after a reconcile changed it (at
+    /// least 1: 0 would reconcile in a hot loop).
     #[serde(
         default,
         rename = "requeue_after_change",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 0, max = 604_800))]
+    #[schemars(range(min = 1, max = 604_800))]
     #[schemars(extend("format" = "int64"))]
     pub requeue_after_change: Option<u64>,
 }

@@ -236,8 +236,8 @@ fn schema_validates_what_the_api_server_must_reject() {
     );
     let mapping = &mappings["items"]["properties"];
     assert_eq!(mapping["group"]["default"], "");
-    assert_eq!(mapping["requeue_after_noop"]["minimum"], json!(0.0));
-    assert_eq!(mapping["requeue_after_change"]["minimum"], json!(0.0));
+    assert_eq!(mapping["requeue_after_noop"]["minimum"], json!(1.0));
+    assert_eq!(mapping["requeue_after_change"]["minimum"], json!(1.0));
     assert_eq!(mapping["requeue_after_noop"]["format"], "int64");
     assert_eq!(spec["properties"]["replicas"]["minimum"], json!(0.0));
     assert_eq!(spec["properties"]["replicas"]["default"], json!(1));
