@@ -304,3 +304,35 @@ fn as_pid_1_the_binary_reaps_orphaned_processes() {
     );
     assert_eq!(zombies_seen(&[]), 0, "the init reaps orphans");
 }
+
+#[test]
+fn check_names_commands_the_embedded_engine_leaves_out() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("sqlite-user");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("mod.nu"),
+        "def \"main config\" [] { {name: sq, version: v1, kind: ConfigMap} }\n\
+         def \"main reconcile\" [] {\n  stor create -t seen -c {name: str}\n  exit 0\n}\n",
+    )
+    .expect("write");
+    let root_arg = root.path().to_str().expect("utf-8 path");
+    let out = run_with(
+        env!("CARGO_BIN_EXE_nuop-standard"),
+        &["check", root_arg],
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sqlite-user/mod.nu:3: `stor` is not in nuop's embedded engine"),
+        "{stderr}"
+    );
+    // The process executor has it: the same script checks clean there.
+    let out = run_with(
+        env!("CARGO_BIN_EXE_nuop-standard"),
+        &["check", root_arg, "--executor", "process"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -13,7 +13,8 @@ pub use config::{
     parse_document,
 };
 pub use outcome::{
-    IdentityError, Outcome, OutputError, ScriptOutput, check_identity, classify_output,
+    IdentityError, Outcome, OutputError, ScriptOutput, check_identity, classify_changed,
+    classify_output,
 };
 
 /// The subcommand of a script's `mod.nu` that a call runs.

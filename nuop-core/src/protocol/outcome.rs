@@ -58,6 +58,34 @@ pub enum OutputError {
     /// A mapping with some but not all of apiVersion, kind and metadata.
     #[error("output object lacks `{0}` (an object needs apiVersion, kind and metadata)")]
     Incomplete(&'static str),
+    /// stdout passed its cap: what was kept may be a cut object that still parses.
+    #[error("stdout was cut at {kept} bytes ({total} written); nothing was written")]
+    Cut {
+        /// Bytes kept.
+        kept: usize,
+        /// Bytes the script wrote.
+        total: u64,
+    },
+}
+
+/// Classifies the output of a call that exited 2 (changed): as [`classify_output`], but
+/// a stdout that passed its cap is never read as the desired object — a cut object can
+/// still parse (YAML keeps `data` last) and writing it would lose what was cut.
+///
+/// # Errors
+/// [`OutputError::Cut`] when stdout was cut and no structured value was returned;
+/// otherwise as [`classify_output`].
+pub fn classify_changed(
+    stdout: &crate::script::Captured,
+    returned: Option<&Value>,
+) -> Result<ScriptOutput, OutputError> {
+    if stdout.truncated && !returned.is_some_and(Value::is_object) {
+        return Err(OutputError::Cut {
+            kept: stdout.text.len(),
+            total: stdout.total_bytes,
+        });
+    }
+    classify_output(&stdout.text, returned)
 }
 
 /// Classifies a call's output.
@@ -275,5 +303,30 @@ mod tests {
             .expect("metadata")
             .remove("uid");
         assert_eq!(check_identity(&cm("a"), &no_uid), Ok(()));
+    }
+
+    #[test]
+    fn a_cut_stdout_is_never_the_desired_object() {
+        let object = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: v";
+        let cut = crate::script::Captured {
+            text: object.to_string(),
+            total_bytes: 10_000_000,
+            truncated: true,
+        };
+        assert_eq!(
+            classify_changed(&cut, None),
+            Err(OutputError::Cut {
+                kept: object.len(),
+                total: 10_000_000
+            })
+        );
+        let whole = crate::script::Captured {
+            truncated: false,
+            ..cut.clone()
+        };
+        assert!(matches!(
+            classify_changed(&whole, None),
+            Ok(ScriptOutput::Object(_))
+        ));
     }
 }

@@ -26,12 +26,14 @@ pub enum Retry {
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// The script exited with an error code.
-    #[error("script exited with code {code}: {stderr}")]
+    #[error("script exited with code {code}: {stderr}{}", stdout_note(.stdout))]
     ScriptFailed {
         /// The exit code.
         code: i32,
         /// The tail of what it printed to stderr.
         stderr: String,
+        /// The tail of what it printed to stdout (empty when nothing, or an object).
+        stdout: String,
     },
     /// The script could not be run to completion (timeout, missing phase, spawn).
     #[error(transparent)]
@@ -58,6 +60,14 @@ pub enum ReconcileError {
     /// Conflicts kept recurring after re-reading.
     #[error("gave up after {0} conflicting writes in a row")]
     Conflicts(u32),
+}
+
+fn stdout_note(stdout: &str) -> String {
+    if stdout.is_empty() {
+        String::new()
+    } else {
+        format!("\nstdout: {stdout}")
+    }
 }
 
 impl ReconcileError {
@@ -138,8 +148,13 @@ mod tests {
         assert_eq!(identity.category(), "IdentityChange");
         let failed = ReconcileError::ScriptFailed {
             code: 1,
-            stderr: String::new(),
+            stderr: "boom".into(),
+            stdout: "last words".into(),
         };
+        assert_eq!(
+            failed.to_string(),
+            "script exited with code 1: boom\nstdout: last words"
+        );
         assert!(!failed.is_permanent());
         assert_eq!(failed.category(), "ScriptFailed");
         assert!(ReconcileError::InvalidOutput(OutputError::Incomplete("kind")).is_permanent());

@@ -27,7 +27,7 @@ use tracing::{Instrument, info, warn};
 use crate::controller::ControllerOptions;
 use crate::metrics::{GaugeGuard, METRICS};
 use crate::protocol::{
-    Outcome, Phase, ScriptConfig, ScriptOutput, check_identity, classify_output,
+    Outcome, Phase, ScriptConfig, ScriptOutput, check_identity, classify_changed, classify_output,
 };
 use crate::script::{CallRequest, CallResult, ScriptRunner};
 
@@ -311,15 +311,13 @@ async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, Reconcil
     let result = call_script(ctx, Phase::Reconcile, object).await?;
     match Outcome::from_exit_code(result.code) {
         Outcome::NoChange => {
+            log_stdout(&result);
             count(&ctx.config.name, "no_change");
             Ok(Action::requeue(ctx.config.requeue_after_noop))
         }
-        Outcome::Failed(code) => Err(ReconcileError::ScriptFailed {
-            code,
-            stderr: tail(&result.stderr.text),
-        }),
+        Outcome::Failed(code) => Err(script_failed(code, &result)),
         Outcome::Changed => {
-            match classify_output(&result.stdout.text, result.returned.as_ref())? {
+            match classify_changed(&result.stdout, result.returned.as_ref())? {
                 ScriptOutput::Object(desired) => {
                     check_identity(object, &desired)?;
                     check_answer(object, &desired, ctx.config.finalizer.as_deref())?;
@@ -338,16 +336,9 @@ async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, Reconcil
 pub(crate) async fn run_finalize(object: &Value, ctx: &Context) -> Result<Action, ReconcileError> {
     let result = call_script(ctx, Phase::Finalize, object).await?;
     if let Outcome::Failed(code) = Outcome::from_exit_code(result.code) {
-        return Err(ReconcileError::ScriptFailed {
-            code,
-            stderr: tail(&result.stderr.text),
-        });
+        return Err(script_failed(code, &result));
     }
-    if let ScriptOutput::Logs(text) =
-        classify_output(&result.stdout.text, result.returned.as_ref())?
-    {
-        log_lines("stdout", &text);
-    }
+    log_stdout(&result);
     let Some(finalizer) = ctx.config.finalizer.as_deref() else {
         return Ok(Action::await_change());
     };
@@ -408,6 +399,39 @@ async fn call_script(
     let result = result?;
     log_lines("stderr", &result.stderr.with_note());
     Ok(result)
+}
+
+/// Logs what a call printed to stdout when it is not a desired object to write (exit
+/// 0, an error exit, `finalize`): log lines as lines; an object only by its kind and
+/// name, since it may be a Secret.
+fn log_stdout(result: &CallResult) {
+    match classify_output(&result.stdout.text, result.returned.as_ref()) {
+        Ok(ScriptOutput::Logs(_)) | Err(_) => log_lines("stdout", &result.stdout.with_note()),
+        Ok(ScriptOutput::Object(object)) => info!(
+            target: "nuop::script",
+            stream = "stdout",
+            "printed an object ({} {}) with exit code {}: not written (only exit 2 writes)",
+            object["kind"].as_str().unwrap_or("?"),
+            object["metadata"]["name"].as_str().unwrap_or("?"),
+            result.code
+        ),
+        Ok(ScriptOutput::Empty) => {}
+    }
+}
+
+/// The error of a call that exited with an error code: its stderr's tail, and its
+/// stdout's unless that is an object (which may hold Secret data), for the Event.
+fn script_failed(code: i32, result: &CallResult) -> ReconcileError {
+    log_stdout(result);
+    let stdout = match classify_output(&result.stdout.text, result.returned.as_ref()) {
+        Ok(ScriptOutput::Object(_)) => String::new(),
+        _ => tail(&result.stdout.text),
+    };
+    ReconcileError::ScriptFailed {
+        code,
+        stderr: tail(&result.stderr.text),
+        stdout,
+    }
 }
 
 fn log_lines(stream: &str, text: &str) {

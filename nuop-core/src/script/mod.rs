@@ -274,7 +274,7 @@ impl ScriptRunner {
     }
 
     /// [`ScriptRunner::load_within`] on a blocking thread, so that parsing and a slow
-    /// top level never occupy an async worker.
+    /// top level do not occupy an async worker.
     ///
     /// # Errors
     /// As [`ScriptRunner::load_within`]; [`LoadError::Eval`] if the loading thread died.

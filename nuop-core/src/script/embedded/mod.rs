@@ -7,7 +7,9 @@
 //!
 //! What a script can and cannot do here (each property names its test in
 //! `nuop-core/tests/conformance.rs`):
-//! - `exit N` ends the call with code N, never the operator; `exec`, `ulimit`, `umask`
+//! - `exit N` ends the call with code N, never the operator
+//!   (`conformance::embedded_calls_run_concurrently_and_exit_does_not_end_the_process`);
+//!   `exec`, `ulimit`, `umask`
 //!   and `job spawn` are refused with a message saying what to do instead
 //!   (`commands_that_would_act_on_the_operator_are_refused`), see [`commands`].
 //! - Output is held in memory up to the cap per stream and counted beyond it, whether
@@ -381,12 +383,15 @@ impl StopOnDrop {
         self.armed = false;
         self.interrupt.store(true, Ordering::SeqCst);
         let call_id = self.call_id.clone();
-        // The /proc scan reads files: not on an async worker when there is a runtime.
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn_blocking(move || kill_call_processes(&call_id));
-            }
-            Err(_) => kill_call_processes(&call_id),
+        // The /proc scan reads files: not on an async worker. A plain thread rather than
+        // the runtime's blocking pool, which refuses new work while the runtime shuts
+        // down — exactly when cancelled calls are dropped.
+        let spawned = std::thread::Builder::new().name("nuop-kill".into()).spawn({
+            let call_id = call_id.clone();
+            move || kill_call_processes(&call_id)
+        });
+        if spawned.is_err() {
+            kill_call_processes(&call_id);
         }
     }
 }
@@ -661,7 +666,8 @@ fn run_block(
 }
 
 /// Ids unique per process and across processes (the pid is part of them), so killing
-/// a timed-out call's externals never hits another call's; 64 bits of each are keyed
+/// a timed-out call's externals does not hit another call's (test
+/// `safety::a_rewritten_call_id_reaches_no_other_call`); 64 bits of each are keyed
 /// by a per-process secret, so a script cannot guess another call's id.
 fn next_call_id() -> Arc<str> {
     use std::hash::BuildHasher;
