@@ -363,25 +363,27 @@ fn copy_script(from: &Path, to: &Path) {
 #[tokio::test]
 async fn a_rewritten_call_id_reaches_no_other_call() {
     let _serial = serial().await;
-    let err = runner(ExecutorKind::Embedded, "call-id")
-        .call(request(
-            Phase::Reconcile,
-            json!({}),
-            Duration::from_millis(800),
-        ))
-        .await
-        .expect_err("times out");
-    let ExecError::Timeout { .. } = &err else {
-        panic!("expected a timeout, got {err}")
-    };
-    assert!(
-        eventually(Duration::from_secs(10), || processes_running(&[
-            "sleep", "603"
-        ])
-        .is_empty())
-        .await,
-        "an external started after rewriting NUOP_CALL_ID escaped its call's kill"
-    );
+    // finalize: the id rewritten before `^sleep 603`; reconcile: `sh -c 'env -i sleep
+    // 604; true'`, a grandchild that cleared its environment (found as a descendant of
+    // a tagged process). An external that itself replaces its environment (`^env -i
+    // cmd`, which execs) is not found: the documented limit of the /proc scan.
+    for (phase, sleep) in [(Phase::Finalize, "603"), (Phase::Reconcile, "604")] {
+        let err = runner(ExecutorKind::Embedded, "call-id")
+            .call(request(phase, json!({}), Duration::from_millis(800)))
+            .await
+            .expect_err("times out");
+        let ExecError::Timeout { .. } = &err else {
+            panic!("{phase}: expected a timeout, got {err}")
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || processes_running(&[
+                "sleep", sleep
+            ])
+            .is_empty())
+            .await,
+            "{phase}: an external escaped its call's kill"
+        );
+    }
 }
 
 #[tokio::test]

@@ -680,7 +680,9 @@ fn next_call_id() -> Arc<str> {
 
 /// Kills every process whose environment carries this call's id — the externals the
 /// call started — and every descendant of those (children that cleaned their
-/// environment, `env -i cmd`). The interrupt flag alone does not stop an external that
+/// environment further down, `sh -c 'env -i cmd; ...'`). An external that execs itself
+/// with a cleared environment (`^env -i cmd`) is not found. The interrupt flag alone
+/// does not stop an external that
 /// is already running. Reads `/proc`: call it off the async workers.
 fn kill_call_processes(call_id: &str) {
     let needle = format!("{CALL_ID_ENV}={call_id}\0");
