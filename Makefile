@@ -98,6 +98,9 @@ bench: tools ## Per-call cost of each executor, side by side, with their ratio.
 	$(CARGO) bench --workspace --profile $(PROFILE) --bench executors
 
 BENCH_OBJECTS ?= 1000
+# An older nuop-standard binary to measure beside this one (variant `baseline`), e.g. one
+# built from the commit before a change: `make bench-e2e BENCH_BASELINE=/path/nuop-standard`.
+BENCH_BASELINE ?=
 
 .PHONY: bench-e2e
 bench-e2e: tools ## nuop (embedded, process, managed) next to a hand-written kube-rs controller on the local control plane.
@@ -106,7 +109,8 @@ bench-e2e: tools ## nuop (embedded, process, managed) next to a hand-written kub
 	@kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); eval "$$($(CONTROL_PLANE) env)"; \
 	  NUOP_NU=$(NU) $(CARGO) bench --workspace --profile $(PROFILE) --bench e2e -- \
 	    --objects $(BENCH_OBJECTS) --nuop-standard $(TARGET_DIR)/$(PROFILE)/nuop-standard \
-	    --nuop-managed $(TARGET_DIR)/$(PROFILE)/nuop-managed
+	    --nuop-managed $(TARGET_DIR)/$(PROFILE)/nuop-managed \
+	    $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
 ##@ Deployment
 

@@ -20,7 +20,9 @@
 //! Arguments: `--objects N` (1000), `--updates N` (100), `--variants a,b,c`
 //! (`embedded,embedded-no-events,process,managed,reference`), `--nuop-standard PATH`
 //! and `--nuop-managed PATH` (default: the ones `cargo test --profile ci` built beside this bench),
-//! `--concurrency N` (8, the same for every variant). Needs `KUBECONFIG`; the process
+//! `--concurrency N` (8, the same for every variant), `--baseline PATH` (an older
+//! `nuop-standard`, measured as variant `baseline` with the embedded executor beside
+//! the current one: before/after a change in one run). Needs `KUBECONFIG`; the process
 //! variant needs `nu` (`NUOP_NU` or `PATH`). No assertions: numbers are for reading.
 
 use std::collections::HashSet;
@@ -67,6 +69,8 @@ struct Args {
     variants: Vec<String>,
     nuop_standard: PathBuf,
     nuop_managed: PathBuf,
+    /// An older `nuop-standard` to measure beside this one (variant `baseline`).
+    baseline: Option<PathBuf>,
     concurrency: usize,
 }
 
@@ -85,6 +89,7 @@ fn parse_args(args: &[String]) -> Args {
         .to_vec(),
         nuop_standard: sibling_binary("nuop-standard"),
         nuop_managed: sibling_binary("nuop-managed"),
+        baseline: None,
         concurrency: 8,
     };
     let mut it = args.iter();
@@ -101,9 +106,13 @@ fn parse_args(args: &[String]) -> Args {
             "--nuop-standard" => parsed.nuop_standard = value().into(),
             "--nuop-managed" => parsed.nuop_managed = value().into(),
             "--concurrency" => parsed.concurrency = value().parse().expect("--concurrency N"),
+            "--baseline" => parsed.baseline = Some(value().into()),
             // `cargo bench` passes `--bench`; filters are not used.
             _ => {}
         }
+    }
+    if parsed.baseline.is_some() && !parsed.variants.iter().any(|v| v == "baseline") {
+        parsed.variants.insert(1, "baseline".into());
     }
     parsed
 }
@@ -252,7 +261,13 @@ fn spawn_controller(
         let scripts = workdir.join(format!("scripts-{variant}"));
         std::fs::create_dir_all(scripts.join("bench")).expect("script dir");
         std::fs::write(scripts.join("bench/mod.nu"), script(namespace)).expect("script");
-        let mut c = tokio::process::Command::new(&args.nuop_standard);
+        // `baseline`: an older build (`--baseline PATH`) with the embedded executor, to
+        // compare a change before/after in one run.
+        let (binary, variant) = match (variant, &args.baseline) {
+            ("baseline", Some(path)) => (path.as_path(), "embedded"),
+            _ => (args.nuop_standard.as_path(), variant),
+        };
+        let mut c = tokio::process::Command::new(binary);
         c.arg("--scripts").arg(&scripts);
         // `embedded-no-events`: the embedded executor without Normal Events for writes.
         let (executor, write_events) = match variant.strip_suffix("-no-events") {
