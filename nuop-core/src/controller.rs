@@ -109,6 +109,27 @@ pub async fn run(
     options: ControllerOptions,
     shutdown: Shutdown,
 ) {
+    run_with_backoff(
+        client,
+        config,
+        runner,
+        options,
+        shutdown,
+        backoff::BASE_DELAY,
+    )
+    .await;
+}
+
+/// [`run`] with per-object retry delays starting at `backoff_base` (doubling up to
+/// [`backoff::MAX_DELAY`]); tests that need many retries use a short one.
+pub async fn run_with_backoff(
+    client: Client,
+    config: ScriptConfig,
+    runner: ScriptRunner,
+    options: ControllerOptions,
+    shutdown: Shutdown,
+    backoff_base: std::time::Duration,
+) {
     // Registered before discovery: a kind that is not served yet keeps the process unready.
     options.readiness.register(&config.name);
     let Some((resource, caps)) =
@@ -155,7 +176,8 @@ pub async fn run(
         namespaced,
         has_status,
         &options,
-    ));
+    )
+    .with_backoff_base(backoff_base));
     // Each watch reports its own first list (InitDone) to `first_lists`. Waiting on
     // `Store::wait_until_ready` from a second task does not work: kube-runtime's store
     // wakes only the last task that polled it, which is the controller's own runner.

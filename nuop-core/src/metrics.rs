@@ -26,6 +26,9 @@ pub struct Metrics {
     pub objects: IntGaugeVec,
     /// Reconciles running now, by controller.
     pub in_flight: IntGaugeVec,
+    /// Objects (and releases) waiting to retry after a failure, by controller: the size
+    /// of the controller's backoff map.
+    pub backoff: IntGaugeVec,
     /// Controllers whose watch has completed its first list.
     pub controllers_synced: IntGauge,
     /// 1 while this process holds the leader lease (or runs without leader election).
@@ -134,6 +137,11 @@ impl Metrics {
                 "Reconciles running now.",
                 &["controller"],
             ),
+            backoff: gauge_vec(
+                "nuop_backoff_objects",
+                "Objects waiting to retry after a failed reconcile or release.",
+                &["controller"],
+            ),
             controllers_synced: gauge(
                 "nuop_controllers_synced",
                 "Controllers whose watch has completed its first list.",
@@ -167,6 +175,7 @@ impl Metrics {
     pub fn forget_controller(&self, controller: &str) {
         let _ = self.objects.remove_label_values(&[controller]);
         let _ = self.in_flight.remove_label_values(&[controller]);
+        let _ = self.backoff.remove_label_values(&[controller]);
     }
 
     /// The registry in Prometheus text format.
@@ -226,6 +235,7 @@ mod tests {
             .in_flight
             .with_label_values(&["unit-stopped"])
             .set(1);
+        METRICS.backoff.with_label_values(&["unit-stopped"]).set(1);
         METRICS.forget_controller("unit-stopped");
         let text = METRICS.render();
         assert!(!text.contains("controller=\"unit-stopped\""), "{text}");

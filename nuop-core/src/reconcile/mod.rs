@@ -93,7 +93,10 @@ impl Context {
         Self {
             field_manager: format!("nuop-{}", config.name),
             events: EventQueue::spawn(&config.name, Recorder::new(client.clone(), reporter)),
-            backoff: Backoff::default(),
+            backoff: Backoff::new(
+                backoff::BASE_DELAY,
+                Some(METRICS.backoff.with_label_values(&[config.name.as_str()])),
+            ),
             write_events: options.write_events,
             permits: Arc::new(Semaphore::new(usize::from(options.concurrency.max(1)))),
             config,
@@ -102,6 +105,17 @@ impl Context {
             resource,
             namespaced,
             has_status,
+        }
+    }
+
+    /// The same context with retry delays starting at `base` instead of
+    /// [`backoff::BASE_DELAY`] (tests of many retries use a short one).
+    #[must_use]
+    pub fn with_backoff_base(self, base: std::time::Duration) -> Self {
+        let size = METRICS.backoff.with_label_values(&[self.config.name.as_str()]);
+        Self {
+            backoff: Backoff::new(base, Some(size)),
+            ..self
         }
     }
 
