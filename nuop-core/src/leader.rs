@@ -539,10 +539,10 @@ mod tests {
                 .checked_sub(settings.renew_deadline)
                 .expect("the clock is past the renew deadline"),
         );
-        // Counting from the first poll instead would take retry period + renew deadline
-        // (11 s); counting from the acquire takes one retry period (1 s). The bound is
-        // the renew deadline (10 s), far from both.
-        let lost = tokio::time::timeout(settings.renew_deadline, elector.hold())
+        // Counting from the first poll instead would end leadership a renew deadline
+        // after it (10 s); counting from the acquire ends it after the first retry
+        // period (1 s). The bound is half the renew deadline (5 s), far from both.
+        let lost = tokio::time::timeout(settings.renew_deadline / 2, elector.hold())
             .await
             .expect("leadership ends at the acquire's start plus the renew deadline");
         assert_eq!(lost, Lost::NotRenewed(settings.renew_deadline));
