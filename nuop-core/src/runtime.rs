@@ -455,6 +455,14 @@ where
             return 1;
         }
     };
+    // Before start-up: a SIGTERM while the client connects or the servers bind is then
+    // a graceful stop (exit 0), not the default action (status 143).
+    {
+        let _entered = runtime.enter();
+        if !crate::telemetry::install_termination_handlers() {
+            tracing::warn!("cannot install SIGTERM/SIGINT handlers; only Ctrl-C stops gracefully");
+        }
+    }
     let result = runtime.block_on(main());
     runtime.shutdown_background();
     telemetry.shutdown();
