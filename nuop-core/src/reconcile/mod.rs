@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 
 use crate::controller::ControllerOptions;
-use crate::metrics::{GaugeGuard, METRICS};
+use crate::metrics::{GaugeGuard, METRICS, ReconcileOutcome};
 use crate::protocol::{
     Outcome, Phase, ScriptConfig, ScriptOutput, check_identity, classify_changed, classify_output,
 };
@@ -203,7 +203,7 @@ pub async fn reconcile(
         match &result {
             Ok(_) => ctx.backoff.succeeded(&key),
             Err(error) => {
-                count(controller, "error");
+                METRICS.count_reconcile(controller, ReconcileOutcome::Error);
                 METRICS
                     .errors
                     .with_label_values(&[controller, error.category()])
@@ -323,10 +323,11 @@ async fn reconcile_once(object: &Value, ctx: &Context) -> Result<Action, Reconci
 
 async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, ReconcileError> {
     let result = call_script(ctx, Phase::Reconcile, object).await?;
-    match Outcome::from_exit_code(result.code) {
+    let outcome = Outcome::from_exit_code(result.code);
+    match outcome {
         Outcome::NoChange => {
             log_stdout(&result);
-            count(&ctx.config.name, "no_change");
+            METRICS.count_reconcile(&ctx.config.name, outcome.into());
             Ok(Action::requeue(ctx.config.requeue_after_noop))
         }
         Outcome::Failed(code) => Err(script_failed(code, &result)),
@@ -341,7 +342,7 @@ async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, Reconcil
                 ScriptOutput::Logs(text) => log_lines("stdout", &text),
                 ScriptOutput::Empty => {}
             }
-            count(&ctx.config.name, "changed");
+            METRICS.count_reconcile(&ctx.config.name, outcome.into());
             Ok(Action::requeue(ctx.config.requeue_after_change))
         }
     }
@@ -372,16 +373,8 @@ pub(crate) async fn run_finalize(object: &Value, ctx: &Context) -> Result<Action
             &format!("finalize succeeded; removed finalizer {finalizer}"),
         );
     }
-    count(&ctx.config.name, "finalized");
+    METRICS.count_reconcile(&ctx.config.name, ReconcileOutcome::Finalized);
     Ok(Action::await_change())
-}
-
-/// Counts a finished reconcile by its outcome (no_change, changed, finalized, error).
-fn count(controller: &str, outcome: &str) {
-    METRICS
-        .reconciles
-        .with_label_values(&[controller, outcome])
-        .inc();
 }
 
 async fn call_script(
