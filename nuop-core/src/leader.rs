@@ -25,7 +25,7 @@ use kube::{Api, Client};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::controller::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// controller-runtime's default lease duration.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -490,7 +490,11 @@ mod tests {
         let start = Instant::now();
         let deadline = Duration::from_secs(10);
         assert!(!renewal_overdue(start, start, deadline));
-        assert!(!renewal_overdue(start, start + Duration::from_millis(9_999), deadline));
+        assert!(!renewal_overdue(
+            start,
+            start + Duration::from_millis(9_999),
+            deadline
+        ));
         assert!(renewal_overdue(start, start + deadline, deadline));
     }
 

@@ -280,7 +280,10 @@ mod tests {
         );
         let readme = include_str!("../../README.md");
         for label in labels {
-            assert!(readme.contains(&format!("`{label}`")), "README lacks {label}");
+            assert!(
+                readme.contains(&format!("`{label}`")),
+                "README lacks {label}"
+            );
         }
     }
 

@@ -327,7 +327,7 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("script {name} has no valid config: {e}"));
         config.namespaces = vec![self.namespace.clone()];
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = crate::controller::shutdown_signal(async move {
+        let shutdown = crate::shutdown::shutdown_signal(async move {
             let _ = stopped.await;
         });
         let handle = tokio::spawn(crate::controller::run_with_backoff(

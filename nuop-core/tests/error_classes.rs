@@ -127,11 +127,7 @@ def "main reconcile" [] {
         .await
         .expect("delete held");
     eventually("`held` to be gone", LIMIT, || async {
-        cms.get_opt("held")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
+        cms.get_opt("held").await.ok()?.is_none().then_some(())
     })
     .await;
     let durations = METRICS.reconcile_duration.with_label_values(&["gone"]);
@@ -155,7 +151,9 @@ def "main reconcile" [] {
     );
     let errors = errors_of("gone");
     assert!(
-        errors.iter().all(|(category, _)| category == "ScriptFailed"),
+        errors
+            .iter()
+            .all(|(category, _)| category == "ScriptFailed"),
         "only the sentinel failed: {errors:?}"
     );
     assert_eq!(
@@ -266,8 +264,7 @@ async fn output_that_cannot_be_encoded_is_permanent() {
 #[tokio::test]
 async fn an_unprocessable_write_is_permanent() {
     // A label value with a space: the API server answers 422 Invalid (ApiError).
-    permanent_failure_waits_for_a_change("permanent-422", "unprocessable", r#""not valid""#)
-        .await;
+    permanent_failure_waits_for_a_change("permanent-422", "unprocessable", r#""not valid""#).await;
     assert!(
         errors_of("unprocessable")
             .iter()

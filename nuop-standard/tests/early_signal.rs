@@ -100,7 +100,10 @@ def "main reconcile" [] { exit 0 }
     let deadline = tokio::time::Instant::now() + LIMIT;
     while !started.exists() {
         if let Some(status) = child.try_wait().expect("poll the child") {
-            panic!("exited before the credential plugin ran ({status}); logs:\n{}", logs());
+            panic!(
+                "exited before the credential plugin ran ({status}); logs:\n{}",
+                logs()
+            );
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -208,7 +208,10 @@ mod tests {
         assert_eq!(given, CATEGORIES);
         let readme = include_str!("../../../README.md");
         for category in CATEGORIES {
-            assert!(readme.contains(&format!("`{category}`")), "README lacks {category}");
+            assert!(
+                readme.contains(&format!("`{category}`")),
+                "README lacks {category}"
+            );
         }
     }
 

@@ -112,7 +112,9 @@ impl Context {
     /// [`backoff::BASE_DELAY`] (tests of many retries use a short one).
     #[must_use]
     pub fn with_backoff_base(self, base: std::time::Duration) -> Self {
-        let size = METRICS.backoff.with_label_values(&[self.config.name.as_str()]);
+        let size = METRICS
+            .backoff
+            .with_label_values(&[self.config.name.as_str()]);
         Self {
             backoff: Backoff::new(base, Some(size)),
             ..self
