@@ -5,11 +5,10 @@
 //! backoff and reported, never fatal; each controller is independent of the others and
 //! bounded in concurrency, so a script that hangs or floods slows only itself.
 
-use std::future::Future;
+use futures::future::FutureExt;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use futures::future::{BoxFuture, FutureExt, Shared};
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, Scope, pinned_kind};
@@ -51,13 +50,9 @@ impl Default for ControllerOptions {
 /// How often the cached-objects gauge is refreshed.
 const CACHE_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A future that resolves once shutdown starts; cloned into every controller.
-pub type Shutdown = Shared<BoxFuture<'static, ()>>;
-
-/// Makes a [`Shutdown`] from any future.
-pub fn shutdown_signal(trigger: impl Future<Output = ()> + Send + 'static) -> Shutdown {
-    trigger.boxed().shared()
-}
+/// Kept at the old path for the crates that import it from here (nuop-managed); new
+/// code imports [`crate::shutdown`].
+pub use crate::shutdown::{Shutdown, shutdown_signal};
 
 /// How long to wait between discovery attempts for a kind that does not exist yet.
 pub(crate) fn discovery_retry_delay(attempt: u32) -> std::time::Duration {
@@ -109,6 +104,27 @@ pub async fn run(
     options: ControllerOptions,
     shutdown: Shutdown,
 ) {
+    run_with_backoff(
+        client,
+        config,
+        runner,
+        options,
+        shutdown,
+        backoff::BASE_DELAY,
+    )
+    .await;
+}
+
+/// [`run`] with per-object retry delays starting at `backoff_base` (doubling up to
+/// [`backoff::MAX_DELAY`]); tests that need many retries use a short one.
+pub async fn run_with_backoff(
+    client: Client,
+    config: ScriptConfig,
+    runner: ScriptRunner,
+    options: ControllerOptions,
+    shutdown: Shutdown,
+    backoff_base: std::time::Duration,
+) {
     // Registered before discovery: a kind that is not served yet keeps the process unready.
     options.readiness.register(&config.name);
     let Some((resource, caps)) =
@@ -147,15 +163,18 @@ pub async fn run(
     };
 
     let name = config.name.clone();
-    let ctx = Arc::new(Context::new(
-        config,
-        runner,
-        client,
-        resource.clone(),
-        namespaced,
-        has_status,
-        &options,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            config,
+            runner,
+            client,
+            resource.clone(),
+            namespaced,
+            has_status,
+            &options,
+        )
+        .with_backoff_base(backoff_base),
+    );
     // Each watch reports its own first list (InitDone) to `first_lists`. Waiting on
     // `Store::wait_until_ready` from a second task does not work: kube-runtime's store
     // wakes only the last task that polled it, which is the controller's own runner.

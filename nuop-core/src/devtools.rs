@@ -71,7 +71,7 @@ pub async fn check(
                         config.name
                     )?;
                 } else {
-                    for warning in crate::standard::config_warnings(&config) {
+                    for warning in crate::root::config_warnings(&config) {
                         writeln!(err, "warning: {}: {warning}", script.dir.display())?;
                     }
                     let source = std::fs::read_to_string(&script.entry).unwrap_or_default();
@@ -116,7 +116,7 @@ async fn load_config(kind: ExecutorKind, script: &Script) -> Result<ScriptConfig
         .config(crate::protocol::DEFAULT_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(reason) = crate::standard::missing_phase(&config, |p| runner.has_phase(p)) {
+    if let Some(reason) = crate::root::missing_phase(&config, |p| runner.has_phase(p)) {
         return Err(reason);
     }
     Ok(config)

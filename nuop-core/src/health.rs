@@ -15,8 +15,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use prometheus::IntGauge;
 
-use crate::controller::Shutdown;
 use crate::metrics::METRICS;
+use crate::shutdown::Shutdown;
 
 /// Whether the process is ready to serve: every registered controller synced and no
 /// shutdown under way.

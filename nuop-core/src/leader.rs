@@ -25,7 +25,7 @@ use kube::{Api, Client};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::controller::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// controller-runtime's default lease duration.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -131,7 +131,17 @@ pub fn expired(spec: &LeaseSpec, observed_at: Instant, now: Instant) -> bool {
     now >= observed_at + Duration::from_secs(seconds)
 }
 
-/// The spec after `me` claims or renews the lease at `now`.
+/// The spec of a lease `me` creates at `now`: the first claim, no transitions yet.
+pub fn first_claim(me: &str, now: Timestamp, duration: Duration) -> LeaseSpec {
+    LeaseSpec {
+        lease_transitions: Some(0),
+        ..claimed(&LeaseSpec::default(), me, now, duration)
+    }
+}
+
+/// The spec after `me` claims or renews the lease at `now`. `leaseTransitions` goes up
+/// on every claim by a candidate that is not the holder, a released (holderless) lease
+/// included, as in client-go (`claiming_counts_transitions_and_renewing_keeps_the_acquire_time`).
 pub fn claimed(current: &LeaseSpec, me: &str, now: Timestamp, duration: Duration) -> LeaseSpec {
     let renewing = holder(current) == Some(me);
     let transitions = current.lease_transitions.unwrap_or(0);
@@ -144,10 +154,10 @@ pub fn claimed(current: &LeaseSpec, me: &str, now: Timestamp, duration: Duration
             Some(MicroTime(now))
         },
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(if renewing || holder(current).is_none() {
+        lease_transitions: Some(if renewing {
             transitions
         } else {
-            transitions + 1
+            transitions.saturating_add(1)
         }),
         ..current.clone()
     }
@@ -220,12 +230,22 @@ enum Attempt {
     Conflict,
 }
 
+/// Whether a holder whose last successful renewal *started* at `last_renewal` must give
+/// up leadership at `now`: the renew deadline has passed since then.
+pub fn renewal_overdue(last_renewal: Instant, now: Instant, renew_deadline: Duration) -> bool {
+    now >= last_renewal + renew_deadline
+}
+
 /// A candidate for one lease. Does I/O.
 pub struct Elector {
     api: Api<Lease>,
     settings: LeaseSettings,
     /// The spec as last seen and when it last changed, on our clock.
     observed: Option<(LeaseSpec, Instant)>,
+    /// When the request that acquired the lease started: [`Elector::hold`]'s renew
+    /// deadline counts from there, so a slow acquire answer eats into it rather than
+    /// extending leadership (`the_renew_deadline_counts_from_the_acquiring_request`).
+    acquired_at: Option<Instant>,
 }
 
 impl Elector {
@@ -235,6 +255,7 @@ impl Elector {
             api: Api::namespaced(client, &settings.namespace),
             settings,
             observed: None,
+            acquired_at: None,
         }
     }
 
@@ -248,12 +269,14 @@ impl Elector {
     pub async fn acquire(&mut self, shutdown: Shutdown) -> bool {
         let mut last_holder = None;
         loop {
+            let started = Instant::now();
             let attempt = tokio::select! {
                 attempt = self.attempt() => attempt,
                 () = shutdown.clone() => return false,
             };
             match attempt {
                 Ok(Attempt::Held) => {
+                    self.acquired_at = Some(started);
                     info!(lease = %self.settings.name, identity = %self.settings.identity, "acquired the leader lease");
                     return true;
                 }
@@ -275,11 +298,14 @@ impl Elector {
         }
     }
 
-    /// Renews the lease every retry period while held; returns once leadership is lost.
-    /// The caller must stop acting as leader at once: another candidate may take the
-    /// lease `lease_duration - renew_deadline` after this returns.
+    /// Renews the lease every retry period while held; returns once leadership is lost:
+    /// taken by another candidate, or no renewal succeeded within the renew deadline
+    /// counted from the start of the last successful request (the acquiring one at
+    /// first). The caller must stop acting as leader at once: another candidate may take
+    /// the lease `lease_duration - renew_deadline` after this returns
+    /// (`an_unreachable_api_server_ends_leadership_at_the_renew_deadline`).
     pub async fn hold(&mut self) -> Lost {
-        let mut last_renewal = Instant::now();
+        let mut last_renewal = self.acquired_at.take().unwrap_or_else(Instant::now);
         loop {
             tokio::time::sleep(self.settings.retry_period).await;
             let started = Instant::now();
@@ -294,7 +320,7 @@ impl Elector {
                 }
                 Err(_) => warn!(lease = %self.settings.name, "renewing the leader lease timed out"),
             }
-            if Instant::now() >= last_renewal + self.settings.renew_deadline {
+            if renewal_overdue(last_renewal, Instant::now(), self.settings.renew_deadline) {
                 return Lost::NotRenewed(self.settings.renew_deadline);
             }
         }
@@ -332,8 +358,7 @@ impl Elector {
                     namespace: Some(self.settings.namespace.clone()),
                     ..Default::default()
                 },
-                spec: Some(claimed(
-                    &LeaseSpec::default(),
+                spec: Some(first_claim(
                     &me,
                     Timestamp::now(),
                     self.settings.lease_duration,
@@ -445,8 +470,86 @@ mod tests {
         assert_eq!(renewed.acquire_time, Some(MicroTime(now)));
         assert_eq!(renewed.renew_time, Some(MicroTime(later)));
 
-        let first = claimed(&LeaseSpec::default(), "me", now, Duration::from_secs(15));
+        let first = first_claim("me", now, Duration::from_secs(15));
         assert_eq!(first.lease_transitions, Some(0));
+        assert_eq!(first.holder_identity.as_deref(), Some("me"));
+
+        // Taking a released lease is a transition too (client-go counts every acquire
+        // by a candidate that was not the holder).
+        let after_release = claimed(
+            &released(&held_by("other", 15), now),
+            "me",
+            later,
+            Duration::from_secs(15),
+        );
+        assert_eq!(after_release.lease_transitions, Some(4));
+    }
+
+    #[test]
+    fn a_holder_gives_up_once_the_renew_deadline_has_passed() {
+        let start = Instant::now();
+        let deadline = Duration::from_secs(10);
+        assert!(!renewal_overdue(start, start, deadline));
+        assert!(!renewal_overdue(
+            start,
+            start + Duration::from_millis(9_999),
+            deadline
+        ));
+        assert!(renewal_overdue(start, start + deadline, deadline));
+    }
+
+    /// A TCP listener that accepts connections (the kernel does) but never answers, and
+    /// an elector whose API server it is.
+    fn unreachable_elector(settings: LeaseSettings) -> (std::net::TcpListener, Elector) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let config = kube::Config::new(url.parse().expect("url"));
+        crate::install_crypto_provider();
+        let client = Client::try_from(config).expect("client");
+        (listener, Elector::new(client, settings))
+    }
+
+    fn short_settings() -> LeaseSettings {
+        LeaseSettings {
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_millis(500),
+            ..LeaseSettings::new("unreachable", "default", "me")
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_ends_leadership_at_the_renew_deadline() {
+        let settings = short_settings();
+        let (_listener, mut elector) = unreachable_elector(settings.clone());
+        // Bounded only so a hang fails instead of blocking the suite.
+        let lost = tokio::time::timeout(Duration::from_secs(60), elector.hold())
+            .await
+            .expect("hold returns once renewals cannot succeed");
+        assert_eq!(lost, Lost::NotRenewed(settings.renew_deadline));
+    }
+
+    #[tokio::test]
+    async fn the_renew_deadline_counts_from_the_acquiring_request() {
+        let settings = LeaseSettings {
+            retry_period: Duration::from_secs(1),
+            ..LeaseSettings::new("unreachable", "default", "me")
+        };
+        let (_listener, mut elector) = unreachable_elector(settings.clone());
+        // The acquiring request started a whole renew deadline ago (a slow answer):
+        // nothing of the deadline is left, so the first failed renewal ends leadership.
+        elector.acquired_at = Some(
+            Instant::now()
+                .checked_sub(settings.renew_deadline)
+                .expect("the clock is past the renew deadline"),
+        );
+        // Counting from the first poll instead would end leadership a renew deadline
+        // after it (10 s); counting from the acquire ends it after the first retry
+        // period (1 s). The bound is half the renew deadline (5 s), far from both.
+        let lost = tokio::time::timeout(settings.renew_deadline / 2, elector.hold())
+            .await
+            .expect("leadership ends at the acquire's start plus the renew deadline");
+        assert_eq!(lost, Lost::NotRenewed(settings.renew_deadline));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //!   or as `nu` child processes.
 //! - [`reconcile`]: the per-object pipeline (finalizer, script, write-back, events).
 //! - [`controller`]: one kube-runtime controller per script.
+//! - [`root`]: loading a scripts root (every `*/mod.nu` under it), for both modes.
 //! - [`standard`]: standard mode, one controller per script under a root.
 //! - [`health`], [`metrics`]: probes and Prometheus metrics.
 //! - [`leader`]: leader election with a coordination.k8s.io Lease.
 //! - [`runtime`]: the operated process: probes, metrics, leader election and graceful
 //!   shutdown around a binary's controllers.
+//! - [`shutdown`]: the cloneable shutdown future every long-running part awaits.
 //! - [`telemetry`]: logs, OTLP traces and the termination signal.
 //! - [`init`]: reaping orphans when a binary runs as PID 1.
 //! - [`devtools`]: `check` and `exec` for script authors.
@@ -23,8 +25,10 @@ pub mod leader;
 pub mod metrics;
 pub mod protocol;
 pub mod reconcile;
+pub mod root;
 pub mod runtime;
 pub mod script;
+pub mod shutdown;
 pub mod standard;
 pub mod telemetry;
 pub mod testing;

@@ -11,6 +11,46 @@ use prometheus::{
     TextEncoder,
 };
 
+/// How a finished reconcile is counted in `nuop_reconciles_total{outcome}`: the one
+/// vocabulary of that label, for every binary (README "Metrics"). Defined only here
+/// (`outcome_labels_are_the_documented_vocabulary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconcileOutcome {
+    /// The script answered exit 0.
+    NoChange,
+    /// The script answered exit 2 and its answer, if any, was written.
+    Changed,
+    /// `finalize` succeeded and the finalizer was removed (or there was none to remove).
+    Finalized,
+    /// The reconcile failed; its category is counted in `nuop_reconcile_errors_total`.
+    Error,
+}
+
+impl ReconcileOutcome {
+    /// Every outcome, in documentation order.
+    pub const ALL: [Self; 4] = [Self::NoChange, Self::Changed, Self::Finalized, Self::Error];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoChange => "no_change",
+            Self::Changed => "changed",
+            Self::Finalized => "finalized",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl From<crate::protocol::Outcome> for ReconcileOutcome {
+    fn from(outcome: crate::protocol::Outcome) -> Self {
+        match outcome {
+            crate::protocol::Outcome::NoChange => Self::NoChange,
+            crate::protocol::Outcome::Changed => Self::Changed,
+            crate::protocol::Outcome::Failed(_) => Self::Error,
+        }
+    }
+}
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -26,6 +66,9 @@ pub struct Metrics {
     pub objects: IntGaugeVec,
     /// Reconciles running now, by controller.
     pub in_flight: IntGaugeVec,
+    /// Objects (and releases) waiting to retry after a failure, by controller: the size
+    /// of the controller's backoff map.
+    pub backoff: IntGaugeVec,
     /// Controllers whose watch has completed its first list.
     pub controllers_synced: IntGauge,
     /// 1 while this process holds the leader lease (or runs without leader election).
@@ -134,6 +177,11 @@ impl Metrics {
                 "Reconciles running now.",
                 &["controller"],
             ),
+            backoff: gauge_vec(
+                "nuop_backoff_objects",
+                "Objects waiting to retry after a failed reconcile or release.",
+                &["controller"],
+            ),
             controllers_synced: gauge(
                 "nuop_controllers_synced",
                 "Controllers whose watch has completed its first list.",
@@ -161,12 +209,20 @@ impl Metrics {
         }
     }
 
+    /// Counts one finished reconcile of `controller` as `outcome`.
+    pub fn count_reconcile(&self, controller: &str, outcome: ReconcileOutcome) {
+        self.reconciles
+            .with_label_values(&[controller, outcome.label()])
+            .inc();
+    }
+
     /// Removes the series of a stopped controller from its gauges (cached objects,
     /// reconciles in flight), so a removed mapping does not report its last value for
     /// ever (`a_stopped_controller_leaves_no_gauge_series`). Counters keep their totals.
     pub fn forget_controller(&self, controller: &str) {
         let _ = self.objects.remove_label_values(&[controller]);
         let _ = self.in_flight.remove_label_values(&[controller]);
+        let _ = self.backoff.remove_label_values(&[controller]);
     }
 
     /// The registry in Prometheus text format.
@@ -206,6 +262,32 @@ mod tests {
     }
 
     #[test]
+    fn outcome_labels_are_the_documented_vocabulary() {
+        let labels: Vec<&str> = ReconcileOutcome::ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels, ["no_change", "changed", "finalized", "error"]);
+        use crate::protocol::Outcome;
+        assert_eq!(
+            ReconcileOutcome::from(Outcome::from_exit_code(0)),
+            ReconcileOutcome::NoChange
+        );
+        assert_eq!(
+            ReconcileOutcome::from(Outcome::from_exit_code(2)),
+            ReconcileOutcome::Changed
+        );
+        assert_eq!(
+            ReconcileOutcome::from(Outcome::from_exit_code(3)),
+            ReconcileOutcome::Error
+        );
+        let readme = include_str!("../../README.md");
+        for label in labels {
+            assert!(
+                readme.contains(&format!("`{label}`")),
+                "README lacks {label}"
+            );
+        }
+    }
+
+    #[test]
     fn a_dropped_guard_gives_its_count_back() {
         let gauge = METRICS.in_flight.with_label_values(&["unit-guard"]);
         let guard = GaugeGuard::inc(gauge.clone());
@@ -226,6 +308,7 @@ mod tests {
             .in_flight
             .with_label_values(&["unit-stopped"])
             .set(1);
+        METRICS.backoff.with_label_values(&["unit-stopped"]).set(1);
         METRICS.forget_controller("unit-stopped");
         let text = METRICS.render();
         assert!(!text.contains("controller=\"unit-stopped\""), "{text}");

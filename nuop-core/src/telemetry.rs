@@ -5,7 +5,11 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, also exports spans — one per reconcile
 //! and one per script call — over OTLP/HTTP with JSON bodies, batched on the SDK's own
 //! thread (the usual `OTEL_BSP_*` and `OTEL_EXPORTER_OTLP_*` variables apply). Without
-//! an endpoint nothing tries to connect. Listens for SIGTERM and SIGINT.
+//! an endpoint nothing tries to connect. Listens for SIGTERM and SIGINT: the handlers
+//! are installed by [`install_termination_handlers`] as soon as the process has a
+//! runtime (`runtime::run_to_exit` does it before start-up), so a SIGTERM during
+//! start-up is a graceful stop, not the default action (tested by
+//! `nuop-standard/tests/early_signal.rs`).
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -154,21 +158,55 @@ fn tracer_provider(service: &str) -> Result<SdkTracerProvider, String> {
         .build())
 }
 
-/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
-pub async fn termination() {
+/// SIGTERM and SIGINT streams registered ahead of [`termination`]: a signal that
+/// arrives after registration is kept by the stream until it is read.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+/// The streams [`install_termination_handlers`] registered, until [`termination`] takes
+/// them. Signals are process-wide, so their streams are too.
+static INSTALLED: std::sync::Mutex<Option<Signals>> = std::sync::Mutex::new(None);
+
+fn register() -> Option<Signals> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
+    Some(Signals {
+        term: signal(SignalKind::terminate()).ok()?,
+        int: signal(SignalKind::interrupt()).ok()?,
+    })
+}
+
+/// Replaces the default action of SIGTERM and SIGINT (ending the process at once) with
+/// handlers that [`termination`] reads, now rather than when `termination` is first
+/// polled. Must run inside a tokio runtime with signals enabled (`runtime.enter()`);
+/// returns whether the handlers are in place.
+pub fn install_termination_handlers() -> bool {
+    let mut installed = INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if installed.is_none() {
+        *installed = register();
+    }
+    installed.is_some()
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or SIGINT), including a signal
+/// that arrived after [`install_termination_handlers`] but before this was polled.
+pub async fn termination() {
+    let taken = INSTALLED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    match taken.or_else(register) {
+        Some(Signals { mut term, mut int }) => {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
         }
         // Without signal handlers, only Ctrl-C through tokio's portable API remains.
-        _ => {
+        None => {
             let _ = tokio::signal::ctrl_c().await;
         }
     }

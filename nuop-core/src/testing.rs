@@ -298,6 +298,22 @@ impl TestEnv {
         source: &str,
         kind: crate::script::ExecutorKind,
     ) -> RunningController {
+        self.run_script_with_backoff(name, source, kind, crate::reconcile::backoff::BASE_DELAY)
+            .await
+    }
+
+    /// [`TestEnv::run_script`] with per-object retry delays starting at `backoff_base`,
+    /// for tests that wait through many retries.
+    ///
+    /// # Panics
+    /// When the script does not load or its config is invalid.
+    pub async fn run_script_with_backoff(
+        &self,
+        name: &str,
+        source: &str,
+        kind: crate::script::ExecutorKind,
+        backoff_base: Duration,
+    ) -> RunningController {
         let dir = tempfile::tempdir().expect("tempdir");
         let script_dir = dir.path().join(name);
         std::fs::create_dir(&script_dir).expect("script dir");
@@ -311,15 +327,16 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("script {name} has no valid config: {e}"));
         config.namespaces = vec![self.namespace.clone()];
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = crate::controller::shutdown_signal(async move {
+        let shutdown = crate::shutdown::shutdown_signal(async move {
             let _ = stopped.await;
         });
-        let handle = tokio::spawn(crate::controller::run(
+        let handle = tokio::spawn(crate::controller::run_with_backoff(
             self.client.clone(),
             config.clone(),
             runner,
             crate::controller::ControllerOptions::default(),
             shutdown,
+            backoff_base,
         ));
         RunningController {
             dir,

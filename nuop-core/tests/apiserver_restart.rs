@@ -11,8 +11,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
-use nuop_core::controller::{ControllerOptions, shutdown_signal};
+use nuop_core::controller::ControllerOptions;
 use nuop_core::script::{ExecutorKind, Script, ScriptRunner};
+use nuop_core::shutdown::shutdown_signal;
 use nuop_core::testing::{eventually, nu_binary, repo_root};
 use serde_json::json;
 

@@ -12,8 +12,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ObjectMeta, PostParams};
 use kube::core::GroupVersionKind;
 use kube::{Api, ResourceExt};
-use nuop_core::controller::{ControllerOptions, shutdown_signal};
+use nuop_core::controller::ControllerOptions;
 use nuop_core::script::{ExecutorKind, Script, ScriptRunner};
+use nuop_core::shutdown::shutdown_signal;
 use nuop_core::testing::{TestEnv, create_crd, eventually, nu_binary};
 use serde_json::json;
 

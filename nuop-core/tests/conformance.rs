@@ -236,7 +236,6 @@ async fn a_hanging_nushell_loop_is_stopped_at_its_timeout() {
             "{kind}: took {:?}",
             started.elapsed()
         );
-        assert_eq!(err.category(), "timeout");
     }
 }
 

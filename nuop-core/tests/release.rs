@@ -8,8 +8,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PostParams};
 use kube::{Api, ResourceExt};
-use nuop_core::controller::{ControllerOptions, run, shutdown_signal};
+use nuop_core::controller::{ControllerOptions, run};
 use nuop_core::script::{ExecutorKind, Script, ScriptRunner};
+use nuop_core::shutdown::shutdown_signal;
 use nuop_core::testing::{TestEnv, eventually, nu_binary};
 use serde_json::json;
 

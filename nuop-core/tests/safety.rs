@@ -335,7 +335,7 @@ async fn standard_mode_rejects_a_hanging_script_and_starts_the_others() {
     for name in ["bare-config", "no-finalize"] {
         copy_script(&scripts_dir().join(name), &root.path().join(name));
     }
-    let (loaded, rejected) = nuop_core::standard::load_scripts_within(
+    let (loaded, rejected) = nuop_core::root::load_root_within(
         root.path(),
         ExecutorKind::Embedded,
         Duration::from_millis(800),

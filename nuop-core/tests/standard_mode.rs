@@ -414,14 +414,15 @@ def "main reconcile" [] {
         (g.data["status"]["message"] == "Hello, World!").then_some(())
     })
     .await;
-    let events = events_for(&env, "world").await;
-    assert!(
+    // Events are sent in the background, after the write they report.
+    let events = eventually("a StatusUpdated event", LIMIT, || async {
+        let events = events_for(&env, "world").await;
         events
             .iter()
-            .any(|e| e.reason.as_deref() == Some("StatusUpdated")),
-        "expected a StatusUpdated event, got {:?}",
-        events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>()
-    );
+            .any(|e| e.reason.as_deref() == Some("StatusUpdated"))
+            .then_some(events)
+    })
+    .await;
     assert!(
         !events
             .iter()

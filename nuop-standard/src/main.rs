@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use nuop_core::controller::{ControllerOptions, shutdown_signal};
+use nuop_core::controller::ControllerOptions;
 use nuop_core::health::Readiness;
 use nuop_core::protocol::Phase;
 use nuop_core::runtime::{OperateArgs, operate, run_to_exit};
 use nuop_core::script::ExecutorKind;
+use nuop_core::shutdown::shutdown_signal;
 
 /// Kubernetes controllers written as Nushell scripts: one controller per
 /// `<scripts>/*/mod.nu`.

@@ -91,7 +91,7 @@ fn write_script(root: &Path, name: &str, source: &str) {
 }
 
 /// Starts `nuop-standard` on the scripts under `scripts` with free probe and metrics
-/// ports; `POD_NAME` and `NUOP_TEST_REPLICA` carry `name`.
+/// ports; `POD_NAME` and `TEST_REPLICA` carry `name`.
 fn spawn(scripts: &Path, logs: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Replica {
     let probes = free_address();
     let metrics = free_address();
@@ -109,7 +109,7 @@ fn spawn(scripts: &Path, logs: &Path, name: &str, args: &[&str], env: &[(&str, &
         .env("KUBECONFIG", kubeconfig_path())
         .env("RUST_LOG", "info")
         .env("POD_NAME", name)
-        .env("NUOP_TEST_REPLICA", name)
+        .env("TEST_REPLICA", name)
         .env_remove("POD_NAMESPACE")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -177,10 +177,10 @@ def "main config" [] {
 }
 def "main reconcile" [] {
   let obj = $in | from json
-  $"($env.NUOP_TEST_REPLICA) ($obj.metadata.name)\n" | save --append $env.NUOP_TEST_CALLS
-  if ($obj.metadata.annotations? | default {} | get -o "nuop.dev/reconciled-by") == $env.NUOP_TEST_REPLICA { exit 0 }
+  $"($env.TEST_REPLICA) ($obj.metadata.name)\n" | save --append $env.TEST_CALLS
+  if ($obj.metadata.annotations? | default {} | get -o "nuop.dev/reconciled-by") == $env.TEST_REPLICA { exit 0 }
   print -e $"marking ($obj.metadata.name)"
-  print ($obj | upsert metadata.annotations."nuop.dev/reconciled-by" $env.NUOP_TEST_REPLICA | to json)
+  print ($obj | upsert metadata.annotations."nuop.dev/reconciled-by" $env.TEST_REPLICA | to json)
   exit 2
 }
 "#;
@@ -228,7 +228,7 @@ def "main reconcile" [] {{ exit 0 }}
         tmp.path(),
         "solo",
         &[],
-        &[("NUOP_TEST_CALLS", calls_text.as_str())],
+        &[("TEST_CALLS", calls_text.as_str())],
     );
     wait_alive(&replica).await;
 
@@ -395,7 +395,7 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over() {
         "--leader-election-retry-period",
         "500ms",
     ];
-    let vars = [("NUOP_TEST_CALLS", calls_text.as_str())];
+    let vars = [("TEST_CALLS", calls_text.as_str())];
     let mut replicas: BTreeMap<String, Replica> = BTreeMap::new();
     for name in ["a", "b"] {
         replicas.insert(name.into(), spawn(&scripts, tmp.path(), name, &args, &vars));
@@ -503,7 +503,7 @@ def "main config" [] {{ {{ name: "slow", version: "v1", kind: "ConfigMap", names
 def "main reconcile" [] {{
   let obj = $in | from json
   if ($obj.metadata.annotations? | default {{}} | get -o "nuop.dev/done") == "true" {{ exit 0 }}
-  "started" | save --force ($env.NUOP_TEST_DIR | path join $"started-($obj.metadata.name)")
+  "started" | save --force ($env.TEST_DIR | path join $"started-($obj.metadata.name)")
   sleep 3sec
   print ($obj | upsert metadata.annotations."nuop.dev/done" "true" | to json)
   exit 2
@@ -518,7 +518,7 @@ def "main reconcile" [] {{
         tmp.path(),
         "drain",
         &["--shutdown-timeout", "30s"],
-        &[("NUOP_TEST_DIR", dir.as_str())],
+        &[("TEST_DIR", dir.as_str())],
     );
     wait_alive(&replica).await;
     let cms = env.api::<ConfigMap>();
@@ -565,7 +565,7 @@ async fn shutdown_timeout_bounds_a_reconcile_that_does_not_finish() {
 def "main config" [] {{ {{ name: "stuck", version: "v1", kind: "ConfigMap", namespaces: ["{ns}"], labelSelectors: {{ stuck: "yes" }} }} | to yaml }}
 def "main reconcile" [] {{
   let obj = $in | from json
-  "started" | save --force ($env.NUOP_TEST_DIR | path join "started")
+  "started" | save --force ($env.TEST_DIR | path join "started")
   sleep 120sec
   print ($obj | upsert metadata.annotations."nuop.dev/done" "true" | to json)
   exit 2
@@ -580,7 +580,7 @@ def "main reconcile" [] {{
         tmp.path(),
         "bound",
         &["--shutdown-timeout", "2s"],
-        &[("NUOP_TEST_DIR", dir.as_str())],
+        &[("TEST_DIR", dir.as_str())],
     );
     wait_alive(&replica).await;
     let cms = env.api::<ConfigMap>();
@@ -690,7 +690,7 @@ async fn reconciles_and_script_calls_are_exported_as_otlp_spans() {
         "traced",
         &[],
         &[
-            ("NUOP_TEST_CALLS", calls_text.as_str()),
+            ("TEST_CALLS", calls_text.as_str()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ],
@@ -767,7 +767,7 @@ async fn a_holder_that_finds_its_lease_taken_exits_non_zero_at_once() {
             "--leader-election-retry-period",
             "500ms",
         ],
-        &[("NUOP_TEST_CALLS", calls_text.as_str())],
+        &[("TEST_CALLS", calls_text.as_str())],
     );
     let leases = Api::<Lease>::namespaced(env.client.clone(), &env.namespace);
     eventually("the replica to hold the lease", LIMIT, || async {

@@ -27,15 +27,6 @@ impl Outcome {
             other => Self::Failed(other),
         }
     }
-
-    /// A bounded label for metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::NoChange => "no_change",
-            Self::Changed => "changed",
-            Self::Failed(_) => "error",
-        }
-    }
 }
 
 /// What a script's stdout (or, in-process, its returned value) holds.
@@ -209,7 +200,6 @@ mod tests {
         assert_eq!(Outcome::from_exit_code(2), Outcome::Changed);
         assert_eq!(Outcome::from_exit_code(1), Outcome::Failed(1));
         assert_eq!(Outcome::from_exit_code(137), Outcome::Failed(137));
-        assert_eq!(Outcome::Failed(3).label(), "error");
     }
 
     #[test]

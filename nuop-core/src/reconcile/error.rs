@@ -70,8 +70,21 @@ fn stdout_note(stdout: &str) -> String {
     }
 }
 
+/// Every value [`ReconcileError::category`] gives: the `category` label of
+/// `nuop_reconcile_errors_total` and the reason of Warning Events, defined only here
+/// (`categories_are_listed_once_and_documented`).
+pub const CATEGORIES: [&str; 7] = [
+    "ScriptFailed",
+    "ScriptTimeout",
+    "ScriptError",
+    "InvalidOutput",
+    "IdentityChange",
+    "ApiError",
+    "Conflict",
+];
+
 impl ReconcileError {
-    /// A bounded label for metrics and the Event reason.
+    /// A bounded label for metrics and the Event reason, one of [`CATEGORIES`].
     pub fn category(&self) -> &'static str {
         match self {
             Self::ScriptFailed { .. } => "ScriptFailed",
@@ -162,6 +175,44 @@ mod tests {
         assert!(answer.is_permanent());
         assert_eq!(answer.category(), "InvalidOutput");
         assert_eq!(ReconcileError::Conflicts(5).retry(), Retry::Transient);
+    }
+
+    #[test]
+    fn categories_are_listed_once_and_documented() {
+        let examples = [
+            ReconcileError::ScriptFailed {
+                code: 1,
+                stderr: String::new(),
+                stdout: String::new(),
+            },
+            ReconcileError::Exec(ExecError::Timeout {
+                script: "s".into(),
+                phase: crate::protocol::Phase::Reconcile,
+                after: std::time::Duration::from_secs(1),
+                stderr: Default::default(),
+            }),
+            ReconcileError::Exec(ExecError::Engine {
+                script: "s".into(),
+                reason: "r".into(),
+            }),
+            ReconcileError::InvalidOutput(OutputError::Incomplete("kind")),
+            ReconcileError::Identity(IdentityError {
+                field: "metadata.name",
+                from: "a".into(),
+                to: "b".into(),
+            }),
+            api(500),
+            ReconcileError::Conflicts(5),
+        ];
+        let given: Vec<&str> = examples.iter().map(ReconcileError::category).collect();
+        assert_eq!(given, CATEGORIES);
+        let readme = include_str!("../../../README.md");
+        for category in CATEGORIES {
+            assert!(
+                readme.contains(&format!("`{category}`")),
+                "README lacks {category}"
+            );
+        }
     }
 
     fn api(code: u16) -> ReconcileError {

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, info, warn};
 
 use crate::controller::ControllerOptions;
-use crate::metrics::{GaugeGuard, METRICS};
+use crate::metrics::{GaugeGuard, METRICS, ReconcileOutcome};
 use crate::protocol::{
     Outcome, Phase, ScriptConfig, ScriptOutput, check_identity, classify_changed, classify_output,
 };
@@ -93,7 +93,10 @@ impl Context {
         Self {
             field_manager: format!("nuop-{}", config.name),
             events: EventQueue::spawn(&config.name, Recorder::new(client.clone(), reporter)),
-            backoff: Backoff::default(),
+            backoff: Backoff::new(
+                backoff::BASE_DELAY,
+                Some(METRICS.backoff.with_label_values(&[config.name.as_str()])),
+            ),
             write_events: options.write_events,
             permits: Arc::new(Semaphore::new(usize::from(options.concurrency.max(1)))),
             config,
@@ -102,6 +105,19 @@ impl Context {
             resource,
             namespaced,
             has_status,
+        }
+    }
+
+    /// The same context with retry delays starting at `base` instead of
+    /// [`backoff::BASE_DELAY`] (tests of many retries use a short one).
+    #[must_use]
+    pub fn with_backoff_base(self, base: std::time::Duration) -> Self {
+        let size = METRICS
+            .backoff
+            .with_label_values(&[self.config.name.as_str()]);
+        Self {
+            backoff: Backoff::new(base, Some(size)),
+            ..self
         }
     }
 
@@ -189,7 +205,7 @@ pub async fn reconcile(
         match &result {
             Ok(_) => ctx.backoff.succeeded(&key),
             Err(error) => {
-                count(controller, "error");
+                METRICS.count_reconcile(controller, ReconcileOutcome::Error);
                 METRICS
                     .errors
                     .with_label_values(&[controller, error.category()])
@@ -309,10 +325,11 @@ async fn reconcile_once(object: &Value, ctx: &Context) -> Result<Action, Reconci
 
 async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, ReconcileError> {
     let result = call_script(ctx, Phase::Reconcile, object).await?;
-    match Outcome::from_exit_code(result.code) {
+    let outcome = Outcome::from_exit_code(result.code);
+    match outcome {
         Outcome::NoChange => {
             log_stdout(&result);
-            count(&ctx.config.name, "no_change");
+            METRICS.count_reconcile(&ctx.config.name, outcome.into());
             Ok(Action::requeue(ctx.config.requeue_after_noop))
         }
         Outcome::Failed(code) => Err(script_failed(code, &result)),
@@ -327,7 +344,7 @@ async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, Reconcil
                 ScriptOutput::Logs(text) => log_lines("stdout", &text),
                 ScriptOutput::Empty => {}
             }
-            count(&ctx.config.name, "changed");
+            METRICS.count_reconcile(&ctx.config.name, outcome.into());
             Ok(Action::requeue(ctx.config.requeue_after_change))
         }
     }
@@ -358,16 +375,8 @@ pub(crate) async fn run_finalize(object: &Value, ctx: &Context) -> Result<Action
             &format!("finalize succeeded; removed finalizer {finalizer}"),
         );
     }
-    count(&ctx.config.name, "finalized");
+    METRICS.count_reconcile(&ctx.config.name, ReconcileOutcome::Finalized);
     Ok(Action::await_change())
-}
-
-/// Counts a finished reconcile by its outcome (no_change, changed, finalized, error).
-fn count(controller: &str, outcome: &str) {
-    METRICS
-        .reconciles
-        .with_label_values(&[controller, outcome])
-        .inc();
 }
 
 async fn call_script(

@@ -34,8 +34,8 @@ use super::error::{ReconcileError, Retry};
 use super::events::publish;
 use super::finalizer::has_finalizer;
 use super::{Context, object_span, object_value, run_finalize, text};
-use crate::controller::Shutdown;
 use crate::metrics::{GaugeGuard, METRICS};
+use crate::shutdown::Shutdown;
 
 /// Backoff keys of releases start with this, so pruning by the selective watch's cache
 /// (which no longer holds released objects) leaves them alone.

@@ -167,16 +167,6 @@ impl ExecError {
             _ => None,
         }
     }
-
-    /// A bounded label for metrics and Event reasons.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Self::Timeout { .. } => "timeout",
-            Self::MissingPhase { .. } => "missing_phase",
-            Self::Spawn { .. } => "spawn",
-            Self::Engine { .. } => "engine",
-        }
-    }
 }
 
 /// A script that could not be loaded.
