@@ -8,7 +8,10 @@
 //!
 //! The remote is an anonymous one built per fetch, so its URL is never written to the
 //! cache's config, and credentials reach gix only through the credentials callback,
-//! never in a URL: nothing on disk or in an error message can carry them.
+//! never in a URL: nothing on disk or in an error message can carry them. The callback
+//! answers only for the source's own scheme, host and port ([`same_origin`]): after a
+//! redirect to another host gix asks again for the new URL, and gets nothing (test
+//! `a_redirect_to_another_host_gets_no_credentials` in `tests/redirect.rs`).
 
 use std::fmt;
 use std::path::Path;
@@ -28,12 +31,23 @@ pub struct GitError {
     pub operation: String,
     /// gix's message (it never holds credentials: none are in URLs).
     pub message: String,
+    /// The source's `dir` is not a directory of the commit: the commit's own problem,
+    /// not a transient one.
+    pub missing_dir: bool,
+}
+
+impl GitError {
+    /// Whether the commit has no such `dir` (trying again cannot help).
+    pub fn is_missing_dir(&self) -> bool {
+        self.missing_dir
+    }
 }
 
 fn failed<E: fmt::Display>(operation: impl Into<String>) -> impl FnOnce(E) -> GitError {
     move |e| GitError {
         operation: operation.into(),
         message: format!("{e:#}"),
+        missing_dir: false,
     }
 }
 
@@ -82,9 +96,12 @@ pub fn fetch(
         .map_err(failed(&operation))?;
     // Always answer credential requests ourselves: never ask git's configured helpers
     // (or a terminal) in a pod.
+    let origin = location.url.clone();
     connection.set_credentials(move |action| {
         Ok(match (action, &credentials) {
-            (gix::credentials::helper::Action::Get(context), Some(c)) => {
+            (gix::credentials::helper::Action::Get(context), Some(c))
+                if asked_for(&context).is_some_and(|url| same_origin(&origin, &url)) =>
+            {
                 Some(gix::credentials::protocol::Outcome {
                     identity: gix::sec::identity::Account {
                         username: c.username().to_string(),
@@ -105,6 +122,55 @@ pub fn fetch(
     resolve(&repo, location.git_ref.as_deref())
 }
 
+/// The URL gix asks credentials for: its `url`, else its protocol and host.
+fn asked_for(context: &gix::credentials::protocol::Context) -> Option<String> {
+    if let Some(url) = &context.url {
+        return Some(url.to_string());
+    }
+    Some(format!(
+        "{}://{}/",
+        context.protocol.as_deref()?,
+        context.host.as_deref()?
+    ))
+}
+
+/// Whether `asked` has the same scheme, host and port as `configured` (ports defaulted
+/// by scheme, case-insensitive, user information ignored): whether the source's
+/// credentials may be sent there.
+pub fn same_origin(configured: &str, asked: &str) -> bool {
+    match (origin(configured), origin(asked)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `(scheme, host, port)` of a URL.
+fn origin(url: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.chars().all(|c| c.is_ascii_digit())
+                && (!host.starts_with('[') || host.ends_with(']')) =>
+        {
+            (host, port.parse().ok()?)
+        }
+        _ => (
+            host_port,
+            match scheme.as_str() {
+                "https" => 443,
+                "http" => 80,
+                "git" => 9418,
+                _ => 0,
+            },
+        ),
+    };
+    (!host.is_empty()).then(|| (scheme, host.to_ascii_lowercase(), port))
+}
+
 /// The commit `git_ref` names in the cache repository after a fetch.
 fn resolve(repo: &gix::Repository, git_ref: Option<&str>) -> Result<String, GitError> {
     for candidate in refs::candidates(git_ref) {
@@ -118,6 +184,7 @@ fn resolve(repo: &gix::Repository, git_ref: Option<&str>) -> Result<String, GitE
             Some(r) => format!("no branch, tag or commit `{r}` on the remote"),
             None => "the remote has no default branch (HEAD)".into(),
         },
+        missing_dir: false,
     })
 }
 
@@ -149,11 +216,13 @@ pub fn checkout(
                 .ok_or_else(|| GitError {
                     operation: operation.clone(),
                     message: format!("no directory `{d}` in the repository"),
+                    missing_dir: true,
                 })?;
             if !entry.mode().is_tree() {
                 return Err(GitError {
                     operation,
                     message: format!("`{d}` is not a directory"),
+                    missing_dir: true,
                 });
             }
             entry.object_id()
@@ -189,7 +258,44 @@ pub fn checkout(
                 problem.path,
                 problem.error
             ),
+            missing_dir: false,
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_go_only_to_the_same_scheme_host_and_port() {
+        let source = "https://git.example.com/team/repo.git";
+        for same in [
+            "https://git.example.com/team/repo.git/info/refs?service=git-upload-pack",
+            "https://GIT.example.com:443/other.git",
+            "HTTPS://x-access-token@git.example.com/team/repo.git",
+        ] {
+            assert!(same_origin(source, same), "{same}");
+        }
+        for other in [
+            "https://evil.example.net/team/repo.git",
+            "https://git.example.com.evil.net/team/repo.git",
+            "http://git.example.com/team/repo.git",
+            "https://git.example.com:8443/team/repo.git",
+            "https://evil.example.net/@git.example.com/",
+            "not a url",
+        ] {
+            assert!(!same_origin(source, other), "{other}");
+        }
+        assert!(same_origin(
+            "https://127.0.0.1:8443/r",
+            "https://127.0.0.1:8443/r/info/refs"
+        ));
+        assert!(!same_origin(
+            "https://127.0.0.1:8443/r",
+            "https://127.0.0.2:8443/r"
+        ));
+        assert!(same_origin("https://[::1]:8443/r", "https://[::1]:8443/x"));
+    }
 }
