@@ -240,9 +240,30 @@ async fn a_new_commit_reloads_only_its_controller_and_a_broken_one_is_rejected()
     let keeper_calls = calls(&calls_file);
 
     // Hot reload: only the stamper changes, and all its objects get the new stamp.
+    // Readiness is sampled throughout: a restart of a synced mapping must not flap it.
+    let (sampling, unready) = {
+        let readiness = managed.readiness.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let sampler = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                if let Err(reason) = readiness.check() {
+                    seen.push(reason);
+                }
+                tokio::select! {
+                    _ = &mut stopped => return seen,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+        });
+        (stop, sampler)
+    };
     repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "v2"));
     let v2 = repo.commit("v2");
     annotation_becomes(&api, "stamped-a", "nuop.dev/stamp", "v2").await;
+    let _ = sampling.send(());
+    let flaps = unready.await.expect("sampler");
+    assert_eq!(flaps, Vec::<String>::new(), "/readyz flapped during the reload");
     create(&api, "stamped-b", "stamp").await;
     annotation_becomes(&api, "stamped-b", "nuop.dev/stamp", "v2").await;
     assert_eq!(
@@ -269,6 +290,27 @@ async fn a_new_commit_reloads_only_its_controller_and_a_broken_one_is_rejected()
     repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "v3"));
     repo.commit("v3");
     annotation_becomes(&api, "stamped-c", "nuop.dev/stamp", "v3").await;
+    managed.stop().await;
+}
+
+#[tokio::test]
+async fn an_original_nuop_source_with_an_absolute_path_runs() {
+    // The original nuop's form: `path` is where the source was placed, `dir` in the
+    // location selects the subdirectory.
+    let env = TestEnv::new("managed-original-source").await;
+    let api: Api<ConfigMap> = env.api();
+    let repo = Repo::new();
+    repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "orig"));
+    repo.commit("first");
+    let daemon = Daemon::serve(repo.tmp.path());
+    let managed = Managed::start(
+        &env,
+        vec![Source::new(format!("{}?ref=main&dir=scripts", daemon.url("repo"))).at_path("/scripts/example")],
+        vec![Mapping::new("stamper", "v1", "ConfigMap")],
+    )
+    .await;
+    create(&api, "original", "x").await;
+    annotation_becomes(&api, "original", "nuop.dev/stamp", "orig").await;
     managed.stop().await;
 }
 

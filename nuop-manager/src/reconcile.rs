@@ -61,7 +61,8 @@ pub struct Context {
     /// The manager's settings for the children.
     pub settings: Settings,
     recorder: Recorder,
-    backoff: Backoff<ObjectRef<NuOperator>>,
+    /// Keyed by [`backoff_key`]: the core's `Backoff` needs a key with a default.
+    backoff: Backoff<String>,
 }
 
 impl Context {
@@ -89,8 +90,7 @@ pub async fn reconcile(operator: Arc<NuOperator>, ctx: Arc<Context>) -> Result<A
     let result = reconcile_inner(&operator, &ctx).await;
     let outcome = match &result {
         Ok((_, changed)) => {
-            ctx.backoff
-                .succeeded(&ObjectRef::from_obj(operator.as_ref()));
+            ctx.backoff.succeeded(&backoff_key(&operator));
             if *changed {
                 Outcome::Changed
             } else {
@@ -356,12 +356,20 @@ async fn write_status(
     Ok(())
 }
 
+/// The backoff key of `operator`: its uid, so that a NuOperator deleted and created
+/// again under the same name starts afresh.
+fn backoff_key(operator: &NuOperator) -> String {
+    operator
+        .metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| ObjectRef::from_obj(operator).to_string())
+}
+
 /// What to do after a failed reconcile: retry with the core's per-object backoff
 /// ([`nuop_core::reconcile::backoff`]: doubling, capped); a success resets it.
 pub fn error_policy(operator: Arc<NuOperator>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx
-        .backoff
-        .failed(ObjectRef::from_obj(operator.as_ref()));
+    let delay = ctx.backoff.failed(backoff_key(&operator));
     warn!(
         namespace = operator.metadata.namespace.as_deref().unwrap_or_default(),
         name = %operator.name_any(),

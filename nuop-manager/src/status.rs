@@ -201,7 +201,7 @@ pub fn desired_status(
                     pods.degraded
                         .first()
                         .or(pods.progressing.first())
-                        .map_or(REASON_SYNCING, |(r, _)| r),
+                        .map_or(REASON_SYNCING, |(r, _)| *r),
                     pods.not_ready.join("; "),
                 ),
                 (false, _) => (false, REASON_NOT_AVAILABLE, progress.clone()),

@@ -172,7 +172,7 @@ impl HttpGit {
     /// An https server on 127.0.0.1 that answers every request with a redirect to the
     /// same path and query under `target` (e.g. `https://127.0.0.2:PORT`).
     pub async fn redirect_tls(target: &str, tls: &Tls) -> Self {
-        Self::start_on("127.0.0.1", Path::new("/nonexistent"), None, Some(tls), Some(target)).await
+        Self::start_on("127.0.0.1", &std::env::temp_dir(), None, Some(tls), Some(target)).await
     }
 
     async fn start(base: &Path, token: Option<&str>, tls: Option<&Tls>) -> Self {
