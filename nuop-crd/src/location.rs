@@ -134,7 +134,11 @@ pub fn parse(
         }
     }
     let field_ref = git_ref.map(str::to_string);
-    let ref_field = if field_ref.is_some() { "ref" } else { "location" };
+    let ref_field = if field_ref.is_some() {
+        "ref"
+    } else {
+        "location"
+    };
     let git_ref = merge("ref", query_ref, field_ref)?
         .map(|r| validate_ref(&r, ref_field))
         .transpose()?;
@@ -142,7 +146,11 @@ pub fn parse(
     let field_dir = path
         .filter(|p| !p.trim().starts_with('/'))
         .map(str::to_string);
-    let dir_field = if field_dir.is_some() { "path" } else { "location" };
+    let dir_field = if field_dir.is_some() {
+        "path"
+    } else {
+        "location"
+    };
     let dir = merge("dir", query_dir, field_dir)?
         .map(|d| validate_dir(&d, dir_field))
         .transpose()?
@@ -166,10 +174,7 @@ fn normalize_url(base: &str) -> Result<String, LocationError> {
         Some((userinfo, host_port)) => (Some(userinfo), host_port),
         None => (None, authority),
     };
-    if let Some((_, host)) = userinfo
-        .filter(|u| u.contains(':'))
-        .zip(Some(host_port))
-    {
+    if let Some((_, host)) = userinfo.filter(|u| u.contains(':')).zip(Some(host_port)) {
         return Err(LocationError::Password(host.to_string()));
     }
     let usable = if scheme == "file" {
@@ -189,7 +194,8 @@ fn valid_host(host_port: &str) -> bool {
     let host = host_port
         .rsplit_once(':')
         .filter(|(host, port)| {
-            port.chars().all(|c| c.is_ascii_digit()) && (!host.starts_with('[') || host.ends_with(']'))
+            port.chars().all(|c| c.is_ascii_digit())
+                && (!host.starts_with('[') || host.ends_with(']'))
         })
         .map_or(host_port, |(host, _)| host);
     !host.is_empty()

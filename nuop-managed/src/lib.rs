@@ -59,6 +59,9 @@ pub struct Settings {
     pub fetch_timeout: Duration,
     /// The executor that runs the scripts.
     pub executor: ExecutorKind,
+    /// The longest loading one script (parse and top level) may take; a script that
+    /// outlives it rejects its revision.
+    pub load_timeout: Duration,
 }
 
 /// The cache directory name of source number `index` at `url`: a new URL at the same
@@ -118,6 +121,7 @@ pub async fn run(
                     interval: settings.sync_interval,
                     fetch_timeout: settings.fetch_timeout,
                     executor: settings.executor,
+                    load_timeout: settings.load_timeout,
                     reports: reports.clone(),
                 };
                 tasks.spawn(task.run(shutdown.clone()));

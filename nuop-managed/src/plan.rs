@@ -199,7 +199,10 @@ pub type Stranded = (String, String, Option<String>);
 /// The running controllers that will stop adding (and removing) their finalizer: a
 /// restart with another or no `finalizer`, or a stop. Objects that already carry the
 /// old finalizer are then never released by nuop.
-pub fn stranded_finalizers(running: &BTreeMap<String, Desired>, desired: &[Desired]) -> Vec<Stranded> {
+pub fn stranded_finalizers(
+    running: &BTreeMap<String, Desired>,
+    desired: &[Desired],
+) -> Vec<Stranded> {
     running
         .iter()
         .filter_map(|(name, r)| {
@@ -335,7 +338,10 @@ mod tests {
             .collect();
         let (desired, problems) = plan(&[widening, same], &scripts);
         assert_eq!(
-            desired.iter().map(|d| d.mapping.as_str()).collect::<Vec<_>>(),
+            desired
+                .iter()
+                .map(|d| d.mapping.as_str())
+                .collect::<Vec<_>>(),
             ["same"]
         );
         assert_eq!(problems.len(), 1);

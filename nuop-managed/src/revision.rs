@@ -9,17 +9,28 @@
 //! text and, for a file, by the file it points to; a symlink that leaves the checkout
 //! rejects the revision (test `a_symlink_out_of_the_checkout_rejects_the_revision`).
 //!
+//! Scripts are loaded as standard mode loads them
+//! (`nuop_core::standard::load_scripts_within`): on a blocking thread under a load
+//! timeout, a `finalizer` without `main finalize` refused
+//! (`nuop_core::standard::missing_phase`), config warnings logged.
+//!
 //! A failure says whether it can go away by itself ([`LoadFailure::transient`]): I/O
 //! errors and a `config` that timed out or could not be started are retried at the
-//! next sync; a parse error, a failing or invalid `config` and duplicate names are the
-//! commit's own, so it is rejected until the ref moves ([`is_transient_load`],
-//! [`is_transient_config`]).
+//! next sync; a parse error, a top level that does not finish within the load timeout,
+//! a failing or invalid `config`, a missing phase and duplicate names are the commit's
+//! own, so it is rejected until the ref moves ([`is_transient_load`],
+//! [`is_transient_config`]; tests `one_broken_script_rejects_the_revision_for_good`,
+//! `a_top_level_that_hangs_rejects_the_revision`).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use nuop_core::protocol::DEFAULT_TIMEOUT;
-use nuop_core::script::{ConfigCallError, ExecError, ExecutorKind, LoadError, ScriptRunner, discover};
+use nuop_core::script::{
+    ConfigCallError, ExecError, ExecutorKind, LoadError, ScriptRunner, discover, process,
+};
+use nuop_core::standard::{config_warnings, missing_phase};
 use nuop_crd::fnv::Fnv;
 use tracing::warn;
 
@@ -56,7 +67,8 @@ pub struct LoadFailure {
 }
 
 /// Whether a script that failed to load may load on a later try: only when it could
-/// not be read.
+/// not be read. A top level that outlives the load timeout ([`LoadError::Timeout`])
+/// hangs the same way every time: it is the commit's own.
 pub fn is_transient_load(error: &LoadError) -> bool {
     matches!(error, LoadError::Read { .. })
 }
@@ -86,11 +98,18 @@ fn io_failure(path: &Path, e: &DigestError) -> Failed {
     }
 }
 
-/// Loads every script under `root` (a checkout of `commit`).
+/// Loads every script under `root` (a checkout of `commit`), each on a blocking thread
+/// and stopped after `load_timeout`
+/// ([`nuop_core::script::embedded::DEFAULT_LOAD_TIMEOUT`] in the binary).
 ///
 /// # Errors
 /// A [`LoadFailure`] listing every script that failed, or saying the root is unreadable.
-pub async fn load(commit: &str, root: &Path, kind: ExecutorKind) -> Result<Revision, LoadFailure> {
+pub async fn load(
+    commit: &str,
+    root: &Path,
+    kind: ExecutorKind,
+    load_timeout: Duration,
+) -> Result<Revision, LoadFailure> {
     let mut failures: Vec<Failed> = Vec::new();
     let found = discover(root).map_err(|e| LoadFailure {
         message: format!("cannot read {}: {e}", root.display()),
@@ -114,7 +133,9 @@ pub async fn load(commit: &str, root: &Path, kind: ExecutorKind) -> Result<Revis
             message: format!("script {}: {message}", script.name),
             transient,
         };
-        let runner = match ScriptRunner::load(kind, &script) {
+        let loaded =
+            ScriptRunner::load_off_runtime(kind, &script, process::nu_binary(), load_timeout).await;
+        let runner = match loaded {
             Ok(runner) => runner,
             Err(e) => {
                 failures.push(fail(e.to_string(), is_transient_load(&e)));
@@ -128,6 +149,13 @@ pub async fn load(commit: &str, root: &Path, kind: ExecutorKind) -> Result<Revis
                 continue;
             }
         };
+        if let Some(reason) = missing_phase(&config, |phase| runner.has_phase(phase)) {
+            failures.push(fail(reason, false));
+            continue;
+        }
+        for warning in config_warnings(&config) {
+            warn!(script = %script.name, commit, "{warning}");
+        }
         if let Some(first) = names.insert(config.name.clone(), script.name.clone()) {
             failures.push(fail(
                 format!(
@@ -214,7 +242,12 @@ fn digest_tree(root: &Path, base: &Path, dir: &Path, hasher: &mut Fnv) -> Result
     Ok(())
 }
 
-fn digest_entry(root: &Path, base: &Path, path: &Path, hasher: &mut Fnv) -> Result<(), DigestError> {
+fn digest_entry(
+    root: &Path,
+    base: &Path,
+    path: &Path,
+    hasher: &mut Fnv,
+) -> Result<(), DigestError> {
     let relative = path.strip_prefix(base).unwrap_or(path);
     hasher.feed(relative.to_string_lossy().as_bytes());
     let meta = std::fs::symlink_metadata(path)?;
@@ -222,7 +255,11 @@ fn digest_entry(root: &Path, base: &Path, path: &Path, hasher: &mut Fnv) -> Resu
         let target = std::fs::read_link(path)?;
         if leaves(root, path, &target) {
             return Err(DigestError::Escapes {
-                link: path.strip_prefix(root).unwrap_or(path).display().to_string(),
+                link: path
+                    .strip_prefix(root)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string(),
                 target: target.display().to_string(),
             });
         }
@@ -272,6 +309,9 @@ pub fn leaves(root: &Path, link: &Path, target: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// The load timeout of the tests that expect scripts to load.
+    const LOAD: Duration = nuop_core::script::embedded::DEFAULT_LOAD_TIMEOUT;
+
     const SCRIPT: &str = r#"
 def "main config" [] { {name: NAME, version: v1, kind: ConfigMap} }
 def "main reconcile" [] { exit 0 }
@@ -288,7 +328,7 @@ def "main reconcile" [] { exit 0 }
         write(root.path(), "a", SCRIPT);
         write(root.path(), "b", SCRIPT);
         let cwd = std::env::current_dir().expect("cwd");
-        let first = load("c1", root.path(), ExecutorKind::Embedded)
+        let first = load("c1", root.path(), ExecutorKind::Embedded, LOAD)
             .await
             .map_err(|e| e.message)
             .expect("loads");
@@ -298,7 +338,7 @@ def "main reconcile" [] { exit 0 }
         let print = |r: &Revision, s: &str| r.scripts[s].available.fingerprint.clone();
 
         write(root.path(), "b", &format!("{SCRIPT}\n# changed"));
-        let second = load("c2", root.path(), ExecutorKind::Embedded)
+        let second = load("c2", root.path(), ExecutorKind::Embedded, LOAD)
             .await
             .map_err(|e| e.message)
             .expect("loads");
@@ -306,7 +346,7 @@ def "main reconcile" [] { exit 0 }
         assert_ne!(print(&first, "b"), print(&second, "b"));
 
         std::fs::write(root.path().join("lib.nu"), "export def x [] { 1 }").expect("write");
-        let third = load("c3", root.path(), ExecutorKind::Embedded)
+        let third = load("c3", root.path(), ExecutorKind::Embedded, LOAD)
             .await
             .map_err(|e| e.message)
             .expect("loads");
@@ -314,12 +354,12 @@ def "main reconcile" [] { exit 0 }
 
         // A link inside the checkout is followed: its target's content counts.
         std::os::unix::fs::symlink("../lib.nu", root.path().join("a/lib.nu")).expect("symlink");
-        let fourth = load("c4", root.path(), ExecutorKind::Embedded)
+        let fourth = load("c4", root.path(), ExecutorKind::Embedded, LOAD)
             .await
             .map_err(|e| e.message)
             .expect("loads");
         std::fs::write(root.path().join("lib.nu"), "export def x [] { 2 }").expect("write");
-        let fifth = load("c5", root.path(), ExecutorKind::Embedded)
+        let fifth = load("c5", root.path(), ExecutorKind::Embedded, LOAD)
             .await
             .map_err(|e| e.message)
             .expect("loads");
@@ -331,7 +371,7 @@ def "main reconcile" [] { exit 0 }
         let root = tempfile::tempdir().expect("tempdir");
         write(root.path(), "good", SCRIPT);
         write(root.path(), "broken", "def \"main config\" [ {");
-        let err = load("c1", root.path(), ExecutorKind::Embedded)
+        let err = load("c1", root.path(), ExecutorKind::Embedded, LOAD)
             .await
             .err()
             .expect("rejected");
@@ -342,12 +382,54 @@ def "main reconcile" [] { exit 0 }
             "broken",
             "def \"main config\" [] { {name: x} }",
         );
-        let err = load("c1", root.path(), ExecutorKind::Embedded)
+        let err = load("c1", root.path(), ExecutorKind::Embedded, LOAD)
             .await
             .err()
             .expect("rejected");
         assert!(err.message.contains("version"), "{err:?}");
         assert!(!err.transient, "an invalid config is the commit's own");
+    }
+
+    #[tokio::test]
+    async fn a_top_level_that_hangs_rejects_the_revision() {
+        let root = tempfile::tempdir().expect("tempdir");
+        write(root.path(), "good", SCRIPT);
+        write(
+            root.path(),
+            "hangs",
+            &format!("loop {{ sleep 10ms }}\n{SCRIPT}"),
+        );
+        let err = load(
+            "c1",
+            root.path(),
+            ExecutorKind::Embedded,
+            Duration::from_secs(1),
+        )
+        .await
+        .err()
+        .expect("rejected");
+        assert!(err.message.contains("script hangs"), "{err:?}");
+        assert!(err.message.contains("did not finish"), "{err:?}");
+        assert!(!err.transient, "a hanging top level hangs every time");
+    }
+
+    #[tokio::test]
+    async fn a_finalizer_without_finalize_rejects_the_revision() {
+        let root = tempfile::tempdir().expect("tempdir");
+        write(
+            root.path(),
+            "a",
+            r#"
+def "main config" [] { {name: a, version: v1, kind: ConfigMap, finalizer: nuop.dev/a} }
+def "main reconcile" [] { exit 0 }
+"#,
+        );
+        let err = load("c1", root.path(), ExecutorKind::Embedded, LOAD)
+            .await
+            .err()
+            .expect("rejected");
+        assert!(err.message.contains("main finalize"), "{err:?}");
+        assert!(!err.transient);
     }
 
     #[tokio::test]
@@ -358,20 +440,35 @@ def "main reconcile" [] { exit 0 }
         write(root.path(), "a", SCRIPT);
         std::os::unix::fs::symlink(outside.path().join("lib.nu"), root.path().join("a/lib.nu"))
             .expect("symlink");
-        let err = load("c1", root.path(), ExecutorKind::Embedded)
+        let err = load("c1", root.path(), ExecutorKind::Embedded, LOAD)
             .await
             .err()
             .expect("rejected");
-        assert!(err.message.contains("points outside the checkout"), "{err:?}");
+        assert!(
+            err.message.contains("points outside the checkout"),
+            "{err:?}"
+        );
         assert!(!err.transient);
     }
 
     #[test]
     fn links_are_resolved_against_the_checkout() {
         let root = Path::new("/c");
-        assert!(!leaves(root, Path::new("/c/a/lib.nu"), Path::new("../lib.nu")));
-        assert!(!leaves(root, Path::new("/c/a/b/x"), Path::new("../../y/./z")));
-        assert!(leaves(root, Path::new("/c/a/lib.nu"), Path::new("../../etc/passwd")));
+        assert!(!leaves(
+            root,
+            Path::new("/c/a/lib.nu"),
+            Path::new("../lib.nu")
+        ));
+        assert!(!leaves(
+            root,
+            Path::new("/c/a/b/x"),
+            Path::new("../../y/./z")
+        ));
+        assert!(leaves(
+            root,
+            Path::new("/c/a/lib.nu"),
+            Path::new("../../etc/passwd")
+        ));
         assert!(leaves(root, Path::new("/c/lib.nu"), Path::new("..")));
         assert!(leaves(root, Path::new("/c/a/x"), Path::new("/c/a/y")));
     }
@@ -389,6 +486,11 @@ def "main reconcile" [] { exit 0 }
             message: "unexpected".into(),
         };
         assert!(!is_transient_load(&syntax));
+        let hangs = LoadError::Timeout {
+            path: PathBuf::from("/c/a/mod.nu"),
+            after: LOAD,
+        };
+        assert!(!is_transient_load(&hangs));
         let timeout = ConfigCallError::Exec(ExecError::Timeout {
             script: "a".into(),
             phase: nuop_core::protocol::Phase::Config,

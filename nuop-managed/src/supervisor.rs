@@ -288,7 +288,12 @@ impl Supervisor {
 
     /// Tells `running` to stop and waits for it in a task of its own; the returned
     /// receiver resolves when it has finished.
-    fn begin_stop(&mut self, name: &str, mut running: Running, forget: bool) -> oneshot::Receiver<()> {
+    fn begin_stop(
+        &mut self,
+        name: &str,
+        mut running: Running,
+        forget: bool,
+    ) -> oneshot::Receiver<()> {
         let (done, finished) = oneshot::channel();
         let readiness = self.options.readiness.clone();
         let stopped = self.stopped.clone();
@@ -405,6 +410,7 @@ mod tests {
     use super::*;
 
     fn offline_client() -> Client {
+        nuop_core::install_crypto_provider();
         let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a url"));
         Client::try_from(config).expect("a client")
     }
@@ -421,7 +427,10 @@ mod tests {
     fn only_known_unused_checkouts_are_removable() {
         let known: BTreeSet<PathBuf> = ["/c/a-1", "/c/a-2", "/c/b-1"].map(PathBuf::from).into();
         let in_use: BTreeSet<PathBuf> = ["/c/a-2", "/c/loading-3"].map(PathBuf::from).into();
-        assert_eq!(removable(&known, &in_use), ["/c/a-1", "/c/b-1"].map(PathBuf::from));
+        assert_eq!(
+            removable(&known, &in_use),
+            ["/c/a-1", "/c/b-1"].map(PathBuf::from)
+        );
     }
 
     #[tokio::test]
@@ -464,9 +473,18 @@ mod tests {
                 })
                 .await;
         }
-        assert!(a_loading.is_dir(), "source A's checkout was removed mid-load");
-        assert!(b_second.is_dir(), "the good revision's checkout was removed");
-        assert!(!b_first.exists(), "the replaced revision's checkout is left behind");
+        assert!(
+            a_loading.is_dir(),
+            "source A's checkout was removed mid-load"
+        );
+        assert!(
+            b_second.is_dir(),
+            "the good revision's checkout was removed"
+        );
+        assert!(
+            !b_first.exists(),
+            "the replaced revision's checkout is left behind"
+        );
 
         // A failed load's checkout is removed once reported, unless in use.
         supervisor
@@ -484,6 +502,9 @@ mod tests {
                 checkout: Some(b_second.clone()),
             })
             .await;
-        assert!(b_second.is_dir(), "a checkout in use was removed after a failed reload");
+        assert!(
+            b_second.is_dir(),
+            "a checkout in use was removed after a failed reload"
+        );
     }
 }

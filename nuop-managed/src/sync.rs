@@ -77,6 +77,8 @@ pub struct SourceTask {
     pub fetch_timeout: Duration,
     /// The executor that loads the scripts.
     pub executor: ExecutorKind,
+    /// The longest loading one script (parse and top level) may take.
+    pub load_timeout: Duration,
     /// Where reports go.
     pub reports: mpsc::Sender<Report>,
 }
@@ -226,7 +228,9 @@ impl SourceTask {
     async fn load(&self, commit: &str, dest: &Path) -> Result<Revision, LoadFailure> {
         let staging = checkouts_dir(&self.cache).join(format!(
             ".staging-{}",
-            dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+            dest.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
         ));
         let (cache, commit_owned, dir, final_dir) = (
             self.cache.join("repo.git"),
@@ -260,7 +264,7 @@ impl SourceTask {
             // failures are I/O.
             transient: !missing_dir,
         })?;
-        revision::load(commit, dest, self.executor).await
+        revision::load(commit, dest, self.executor, self.load_timeout).await
     }
 }
 

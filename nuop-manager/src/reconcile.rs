@@ -149,10 +149,18 @@ async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<(Action
     let mut before = Vec::new();
     if let (Some(config_map), Some(deployment)) = (&config_map, &deployment) {
         for (kind, existing) in [
-            ("ConfigMap", existing::<ConfigMap>(&ctx.client, config_map).await?),
-            ("Deployment", existing::<Deployment>(&ctx.client, deployment).await?),
+            (
+                "ConfigMap",
+                existing::<ConfigMap>(&ctx.client, config_map).await?,
+            ),
+            (
+                "Deployment",
+                existing::<Deployment>(&ctx.client, deployment).await?,
+            ),
         ] {
-            if let Some(problem) = conflict(kind, existing.as_ref(), &uid, &build::child_name(operator)) {
+            if let Some(problem) =
+                conflict(kind, existing.as_ref(), &uid, &build::child_name(operator))
+            {
                 problems.push(problem);
             }
             before.push(existing.and_then(|m| m.resource_version));
@@ -188,7 +196,10 @@ async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<(Action
 /// The metadata of the object named like `desired` (same kind and namespace), if any.
 async fn existing<K>(client: &Client, desired: &K) -> Result<Option<ObjectMeta>>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
 {
     let namespace = desired.meta().namespace.clone().unwrap_or_default();
     let name = desired.meta().name.clone().unwrap_or_default();

@@ -81,11 +81,7 @@ pub fn pods_report(operator: &NuOperator) -> PodsReport {
     for (index, source) in operator.spec.sources.iter().enumerate() {
         let location = redact(&source.location);
         let field = format!("spec.sources[{index}] ({location})");
-        let Some(reported) = status
-            .sources
-            .get(index)
-            .filter(|s| s.location == location)
-        else {
+        let Some(reported) = status.sources.get(index).filter(|s| s.location == location) else {
             all_revisions = false;
             report
                 .progressing
@@ -100,7 +96,9 @@ pub fn pods_report(operator: &NuOperator) -> PodsReport {
         }
         if reported.revision.is_none() {
             all_revisions = false;
-            report.not_ready.push(format!("{field} has no revision in use"));
+            report
+                .not_ready
+                .push(format!("{field} has no revision in use"));
             if reported.last_error.is_none() {
                 report
                     .progressing
@@ -392,7 +390,10 @@ mod tests {
             Some("spec.sources[0] (https://example.com/x.git): fetch timed out after 30s")
         );
         // Never fetched and failing: not Ready either.
-        let op = reported(source(None, Some("refused")), mapping(false, Some("no source has a good revision yet")));
+        let op = reported(
+            source(None, Some("refused")),
+            mapping(false, Some("no source has a good revision yet")),
+        );
         let status = desired_status(&op, Observation::Applied(&available()), &at(1));
         assert_eq!(
             summary(&status),
@@ -408,7 +409,10 @@ mod tests {
     fn a_mapping_that_does_not_run_is_degraded_and_not_ready() {
         let op = reported(
             source(Some("abc"), None),
-            mapping(false, Some("no script named `a` in the sources (available: b)")),
+            mapping(
+                false,
+                Some("no script named `a` in the sources (available: b)"),
+            ),
         );
         let status = desired_status(&op, Observation::Applied(&available()), &at(1));
         assert_eq!(

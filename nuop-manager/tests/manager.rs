@@ -323,9 +323,12 @@ async fn a_same_named_configmap_is_not_taken_over() {
         .expect("created");
     let operators: Api<NuOperator> = env.api();
     create(&operators, &sample("squatted")).await;
-    let op = status_where(&operators, "squatted", "status Degraded NameConflict", |_, s| {
-        condition(s, "Degraded") == Some(("True".into(), "NameConflict".into()))
-    })
+    let op = status_where(
+        &operators,
+        "squatted",
+        "status Degraded NameConflict",
+        |_, s| condition(s, "Degraded") == Some(("True".into(), "NameConflict".into())),
+    )
     .await;
     let message = &op
         .status
@@ -333,7 +336,10 @@ async fn a_same_named_configmap_is_not_taken_over() {
         .and_then(|s| s.condition("Degraded"))
         .expect("Degraded")
         .message;
-    assert!(message.contains("ConfigMap named `nuop-squatted`"), "{message}");
+    assert!(
+        message.contains("ConfigMap named `nuop-squatted`"),
+        "{message}"
+    );
     let after = config_maps.get("nuop-squatted").await.expect("still there");
     assert_eq!(after.data, theirs.data, "its data is untouched");
     assert!(after.metadata.owner_references.is_none(), "no owner added");
@@ -372,9 +378,12 @@ async fn an_original_nuop_source_is_accepted_and_a_bad_one_named_in_the_status()
         .with_source(Source::new("https://host/repo.git?ref=main").at_ref("v2"))
         .with_mapping(Mapping::new("example", "v1", "ConfigMap"));
     create(&operators, &conflicting).await;
-    let op = status_where(&operators, "conflicting", "status Degraded InvalidSource", |_, s| {
-        condition(s, "Degraded") == Some(("True".into(), "InvalidSource".into()))
-    })
+    let op = status_where(
+        &operators,
+        "conflicting",
+        "status Degraded InvalidSource",
+        |_, s| condition(s, "Degraded") == Some(("True".into(), "InvalidSource".into())),
+    )
     .await;
     let message = &op
         .status

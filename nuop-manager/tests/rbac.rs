@@ -85,7 +85,13 @@ fn a_secrets_rule_that_returns_data_is_caught() {
             ..Default::default()
         }
     };
-    for verbs in [&["get"][..], &["list"], &["watch"], &["*"], &["create", "get"]] {
+    for verbs in [
+        &["get"][..],
+        &["list"],
+        &["watch"],
+        &["*"],
+        &["create", "get"],
+    ] {
         assert!(
             reads_secret_data(&rule(&[""], &["secrets"], verbs)).is_some(),
             "{verbs:?}"
@@ -98,6 +104,7 @@ fn a_secrets_rule_that_returns_data_is_caught() {
 
 /// A client for the control plane that acts as `user`.
 async fn client_as(user: &str) -> Client {
+    nuop_core::install_crypto_provider();
     let path = kubeconfig_path();
     let kubeconfig = Kubeconfig::read_from(&path).expect("a kubeconfig");
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())

@@ -218,7 +218,10 @@ pub struct Mapping {
     /// controller's name: a DNS label (lowercase letters, digits and `-`, at most 63
     /// characters), because it becomes a field manager, an Event reporter and a metric
     /// label.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// API group of the watched kind; `""` for the core group.

@@ -172,7 +172,14 @@ impl HttpGit {
     /// An https server on 127.0.0.1 that answers every request with a redirect to the
     /// same path and query under `target` (e.g. `https://127.0.0.2:PORT`).
     pub async fn redirect_tls(target: &str, tls: &Tls) -> Self {
-        Self::start_on("127.0.0.1", &std::env::temp_dir(), None, Some(tls), Some(target)).await
+        Self::start_on(
+            "127.0.0.1",
+            &std::env::temp_dir(),
+            None,
+            Some(tls),
+            Some(target),
+        )
+        .await
     }
 
     async fn start(base: &Path, token: Option<&str>, tls: Option<&Tls>) -> Self {
@@ -206,10 +213,7 @@ impl HttpGit {
                 let (backend, base, token, refused, served, redirect) = &*state;
                 if let Some(target) = redirect {
                     served.fetch_add(1, Ordering::SeqCst);
-                    let path = request
-                        .uri()
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str());
+                    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
                     return axum::response::Response::builder()
                         .status(302)
                         .header("Location", format!("{target}{path}"))
@@ -395,8 +399,10 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Makes the CA and the certificate.
+    /// Makes the CA and the certificate, and installs the process's rustls provider
+    /// (the https client of the test that uses them needs it).
     pub fn new() -> Self {
+        nuop_core::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let openssl = |args: &[&str]| {
             let output = Command::new("openssl")
