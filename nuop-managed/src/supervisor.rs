@@ -259,7 +259,7 @@ impl Supervisor {
         for name in &changes.stop {
             if let Some(r) = self.running.remove(name) {
                 info!(controller = %name, "stopping controller");
-                let _ = self.begin_stop(name, r, true);
+                drop(self.begin_stop(name, r, true));
             }
         }
         for d in desired {
@@ -391,7 +391,7 @@ impl Supervisor {
     /// Waits for every controller to stop (they stop with the global shutdown).
     pub async fn finish(mut self) {
         for (name, r) in std::mem::take(&mut self.running) {
-            let _ = self.begin_stop(&name, r, true);
+            drop(self.begin_stop(&name, r, true));
         }
         for stopping in std::mem::take(&mut self.stopping) {
             let _ = stopping.handle.await;
