@@ -71,6 +71,11 @@ fn open_or_init(dir: &Path) -> Result<gix::Repository, GitError> {
 /// Fetches `location` into the cache repository at `cache` and returns the commit
 /// (40 hex digits) its ref names.
 ///
+/// Only the refs the source's `ref` can name are fetched, and every other cached
+/// branch or tag is then dropped ([`refs`]); a commit id that no branch or tag is named
+/// after is looked for in every branch and tag, unless the cache already has it.
+/// Unreferenced objects stay in the cache: gix has no garbage collection.
+///
 /// `interrupt` stops a fetch that runs too long.
 ///
 /// # Errors
@@ -83,8 +88,49 @@ pub fn fetch(
     interrupt: &AtomicBool,
 ) -> Result<String, GitError> {
     let repo = open_or_init(cache)?;
+    let git_ref = location.git_ref.as_deref();
+    let specs = refs::refspecs(git_ref);
+    match fetch_specs(&repo, location, &specs, credentials.clone(), interrupt)? {
+        Some(fetched) => prune(&repo, &fetched)?,
+        None => {
+            // No branch or tag of that name: drop what the cache had under it.
+            let named: Vec<String> = specs
+                .iter()
+                .filter_map(|s| s.rsplit_once(':').map(|(_, local)| local.to_string()))
+                .collect();
+            let cached = cached_refs(&repo)?;
+            delete(
+                &repo,
+                named.into_iter().filter(|r| cached.contains(r)).collect(),
+            )?;
+            let commit = git_ref.filter(|r| refs::looks_like_commit(r));
+            if commit.is_some() && resolve(&repo, git_ref).is_err() {
+                let fetched = fetch_specs(
+                    &repo,
+                    location,
+                    &refs::all_refspecs(),
+                    credentials,
+                    interrupt,
+                )?;
+                if let Some(fetched) = fetched {
+                    prune(&repo, &fetched)?;
+                }
+            }
+        }
+    }
+    resolve(&repo, git_ref)
+}
+
+/// One fetch with `specs`: the local refs it updated, or `None` when the remote has
+/// nothing they match (then nothing is received).
+fn fetch_specs(
+    repo: &gix::Repository,
+    location: &Location,
+    specs: &[String],
+    credentials: Option<Credentials>,
+    interrupt: &AtomicBool,
+) -> Result<Option<Vec<String>>, GitError> {
     let operation = format!("fetching {}", location.url);
-    let specs = refs::refspecs(location.git_ref.as_deref());
     let remote = repo
         .remote_at(location.url.as_str())
         .map_err(failed(&operation))?
@@ -114,12 +160,61 @@ pub fn fetch(
             _ => None,
         })
     });
-    connection
+    let prepared = connection
         .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(failed(&operation))?
+        .map_err(failed(&operation))?;
+    if prepared.ref_map().is_missing_required_mapping() {
+        return Ok(None);
+    }
+    let fetched: Vec<String> = prepared
+        .ref_map()
+        .mappings
+        .iter()
+        .filter_map(|m| m.local.as_ref().map(ToString::to_string))
+        .collect();
+    prepared
         .receive(gix::progress::Discard, interrupt)
         .map_err(failed(&operation))?;
-    resolve(&repo, location.git_ref.as_deref())
+    Ok(Some(fetched))
+}
+
+/// The names of every ref in the cache.
+fn cached_refs(repo: &gix::Repository) -> Result<Vec<String>, GitError> {
+    let operation = "listing the cache's refs";
+    let platform = repo.references().map_err(failed(operation))?;
+    let mut names = Vec::new();
+    for reference in platform.all().map_err(failed(operation))? {
+        let reference = reference.map_err(failed(operation))?;
+        names.push(reference.name().as_bstr().to_string());
+    }
+    Ok(names)
+}
+
+/// Deletes every cached branch and tag not in `fetched` ([`refs::to_prune`]).
+fn prune(repo: &gix::Repository, fetched: &[String]) -> Result<(), GitError> {
+    delete(repo, refs::to_prune(&cached_refs(repo)?, fetched))
+}
+
+/// Deletes the refs `names` (which exist).
+fn delete(repo: &gix::Repository, names: Vec<String>) -> Result<(), GitError> {
+    use gix::refs::transaction::{Change, PreviousValue, RefEdit, RefLog};
+    let operation = "pruning the cache's refs";
+    let mut edits = Vec::new();
+    for name in names {
+        let name: gix::refs::FullName = name.as_str().try_into().map_err(failed(operation))?;
+        edits.push(RefEdit {
+            change: Change::Delete {
+                expected: PreviousValue::Any,
+                log: RefLog::AndReference,
+            },
+            name,
+            deref: false,
+        });
+    }
+    if !edits.is_empty() {
+        repo.edit_references(edits).map_err(failed(operation))?;
+    }
+    Ok(())
 }
 
 /// The URL gix asks credentials for: its `url`, else its protocol and host.
