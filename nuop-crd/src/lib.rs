@@ -15,9 +15,13 @@
 //! Versions live in their own modules ([`v1alpha1`]); the current one is re-exported at
 //! the crate root. [`managed`] is the file the manager hands to each `nuop-managed`
 //! Deployment. [`install`] (the one module that does I/O) applies the CRD to a cluster
-//! and waits until it is served.
+//! and waits until it is served. [`location`] parses a source's location (shared by the
+//! manager's validation and the managed pods' fetches) and [`fnv`] is the stable digest
+//! both use; both are pure.
 
+pub mod fnv;
 pub mod install;
+pub mod location;
 pub mod managed;
 pub mod v1alpha1;
 

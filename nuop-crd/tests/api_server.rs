@@ -117,6 +117,21 @@ async fn schema_rules_are_enforced_by_the_api_server() {
         message.contains("username and password go together"),
         "{message}"
     );
+
+    // A mapping name becomes a controller name: a DNS label.
+    for name in ["Config_Replicator", &"x".repeat(64)] {
+        let message = refusal(
+            create(
+                &api,
+                &object(
+                    "bad-mapping-name",
+                    json!({"mappings": [{"name": name, "version": "v1", "kind": "ConfigMap"}]}),
+                ),
+            )
+            .await,
+        );
+        assert!(message.contains("spec.mappings[0].name"), "{message}");
+    }
 }
 
 #[tokio::test]

@@ -8,7 +8,10 @@
 //!
 //! The remote is an anonymous one built per fetch, so its URL is never written to the
 //! cache's config, and credentials reach gix only through the credentials callback,
-//! never in a URL: nothing on disk or in an error message can carry them.
+//! never in a URL: nothing on disk or in an error message can carry them. The callback
+//! answers only for the source's own scheme, host and port ([`same_origin`]): after a
+//! redirect to another host gix asks again for the new URL, and gets nothing (test
+//! `a_redirect_to_another_host_gets_no_credentials` in `tests/redirect.rs`).
 
 use std::fmt;
 use std::path::Path;
@@ -28,12 +31,23 @@ pub struct GitError {
     pub operation: String,
     /// gix's message (it never holds credentials: none are in URLs).
     pub message: String,
+    /// The source's `dir` is not a directory of the commit: the commit's own problem,
+    /// not a transient one.
+    pub missing_dir: bool,
+}
+
+impl GitError {
+    /// Whether the commit has no such `dir` (trying again cannot help).
+    pub fn is_missing_dir(&self) -> bool {
+        self.missing_dir
+    }
 }
 
 fn failed<E: fmt::Display>(operation: impl Into<String>) -> impl FnOnce(E) -> GitError {
     move |e| GitError {
         operation: operation.into(),
         message: format!("{e:#}"),
+        missing_dir: false,
     }
 }
 
@@ -57,6 +71,11 @@ fn open_or_init(dir: &Path) -> Result<gix::Repository, GitError> {
 /// Fetches `location` into the cache repository at `cache` and returns the commit
 /// (40 hex digits) its ref names.
 ///
+/// Only the refs the source's `ref` can name are fetched, and every other cached
+/// branch or tag is then dropped ([`refs`]); a commit id that no branch or tag is named
+/// after is looked for in every branch and tag, unless the cache already has it.
+/// Unreferenced objects stay in the cache: gix has no garbage collection.
+///
 /// `interrupt` stops a fetch that runs too long.
 ///
 /// # Errors
@@ -69,8 +88,49 @@ pub fn fetch(
     interrupt: &AtomicBool,
 ) -> Result<String, GitError> {
     let repo = open_or_init(cache)?;
+    let git_ref = location.git_ref.as_deref();
+    let specs = refs::refspecs(git_ref);
+    match fetch_specs(&repo, location, &specs, credentials.clone(), interrupt)? {
+        Some(fetched) => prune(&repo, &fetched)?,
+        None => {
+            // No branch or tag of that name: drop what the cache had under it.
+            let named: Vec<String> = specs
+                .iter()
+                .filter_map(|s| s.rsplit_once(':').map(|(_, local)| local.to_string()))
+                .collect();
+            let cached = cached_refs(&repo)?;
+            delete(
+                &repo,
+                named.into_iter().filter(|r| cached.contains(r)).collect(),
+            )?;
+            let commit = git_ref.filter(|r| refs::looks_like_commit(r));
+            if commit.is_some() && resolve(&repo, git_ref).is_err() {
+                let fetched = fetch_specs(
+                    &repo,
+                    location,
+                    &refs::all_refspecs(),
+                    credentials,
+                    interrupt,
+                )?;
+                if let Some(fetched) = fetched {
+                    prune(&repo, &fetched)?;
+                }
+            }
+        }
+    }
+    resolve(&repo, git_ref)
+}
+
+/// One fetch with `specs`: the local refs it updated, or `None` when the remote has
+/// nothing they match (then nothing is received).
+fn fetch_specs(
+    repo: &gix::Repository,
+    location: &Location,
+    specs: &[String],
+    credentials: Option<Credentials>,
+    interrupt: &AtomicBool,
+) -> Result<Option<Vec<String>>, GitError> {
     let operation = format!("fetching {}", location.url);
-    let specs = refs::refspecs(location.git_ref.as_deref());
     let remote = repo
         .remote_at(location.url.as_str())
         .map_err(failed(&operation))?
@@ -82,9 +142,12 @@ pub fn fetch(
         .map_err(failed(&operation))?;
     // Always answer credential requests ourselves: never ask git's configured helpers
     // (or a terminal) in a pod.
+    let origin = location.url.clone();
     connection.set_credentials(move |action| {
         Ok(match (action, &credentials) {
-            (gix::credentials::helper::Action::Get(context), Some(c)) => {
+            (gix::credentials::helper::Action::Get(context), Some(c))
+                if asked_for(&context).is_some_and(|url| same_origin(&origin, &url)) =>
+            {
                 Some(gix::credentials::protocol::Outcome {
                     identity: gix::sec::identity::Account {
                         username: c.username().to_string(),
@@ -97,12 +160,110 @@ pub fn fetch(
             _ => None,
         })
     });
-    connection
+    let prepared = connection
         .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(failed(&operation))?
+        .map_err(failed(&operation))?;
+    if prepared.ref_map().is_missing_required_mapping() {
+        return Ok(None);
+    }
+    let fetched: Vec<String> = prepared
+        .ref_map()
+        .mappings
+        .iter()
+        .filter_map(|m| m.local.as_ref().map(ToString::to_string))
+        .collect();
+    prepared
         .receive(gix::progress::Discard, interrupt)
         .map_err(failed(&operation))?;
-    resolve(&repo, location.git_ref.as_deref())
+    Ok(Some(fetched))
+}
+
+/// The names of every ref in the cache.
+fn cached_refs(repo: &gix::Repository) -> Result<Vec<String>, GitError> {
+    let operation = "listing the cache's refs";
+    let platform = repo.references().map_err(failed(operation))?;
+    let mut names = Vec::new();
+    for reference in platform.all().map_err(failed(operation))? {
+        let reference = reference.map_err(failed(operation))?;
+        names.push(reference.name().as_bstr().to_string());
+    }
+    Ok(names)
+}
+
+/// Deletes every cached branch and tag not in `fetched` ([`refs::to_prune`]).
+fn prune(repo: &gix::Repository, fetched: &[String]) -> Result<(), GitError> {
+    delete(repo, refs::to_prune(&cached_refs(repo)?, fetched))
+}
+
+/// Deletes the refs `names` (which exist).
+fn delete(repo: &gix::Repository, names: Vec<String>) -> Result<(), GitError> {
+    use gix::refs::transaction::{Change, PreviousValue, RefEdit, RefLog};
+    let operation = "pruning the cache's refs";
+    let mut edits = Vec::new();
+    for name in names {
+        let name: gix::refs::FullName = name.as_str().try_into().map_err(failed(operation))?;
+        edits.push(RefEdit {
+            change: Change::Delete {
+                expected: PreviousValue::Any,
+                log: RefLog::AndReference,
+            },
+            name,
+            deref: false,
+        });
+    }
+    if !edits.is_empty() {
+        repo.edit_references(edits).map_err(failed(operation))?;
+    }
+    Ok(())
+}
+
+/// The URL gix asks credentials for: its `url`, else its protocol and host.
+fn asked_for(context: &gix::credentials::protocol::Context) -> Option<String> {
+    if let Some(url) = &context.url {
+        return Some(url.to_string());
+    }
+    Some(format!(
+        "{}://{}/",
+        context.protocol.as_deref()?,
+        context.host.as_deref()?
+    ))
+}
+
+/// Whether `asked` has the same scheme, host and port as `configured` (ports defaulted
+/// by scheme, case-insensitive, user information ignored): whether the source's
+/// credentials may be sent there.
+pub fn same_origin(configured: &str, asked: &str) -> bool {
+    match (origin(configured), origin(asked)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `(scheme, host, port)` of a URL.
+fn origin(url: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.chars().all(|c| c.is_ascii_digit())
+                && (!host.starts_with('[') || host.ends_with(']')) =>
+        {
+            (host, port.parse().ok()?)
+        }
+        _ => (
+            host_port,
+            match scheme.as_str() {
+                "https" => 443,
+                "http" => 80,
+                "git" => 9418,
+                _ => 0,
+            },
+        ),
+    };
+    (!host.is_empty()).then(|| (scheme, host.to_ascii_lowercase(), port))
 }
 
 /// The commit `git_ref` names in the cache repository after a fetch.
@@ -118,6 +279,7 @@ fn resolve(repo: &gix::Repository, git_ref: Option<&str>) -> Result<String, GitE
             Some(r) => format!("no branch, tag or commit `{r}` on the remote"),
             None => "the remote has no default branch (HEAD)".into(),
         },
+        missing_dir: false,
     })
 }
 
@@ -149,11 +311,13 @@ pub fn checkout(
                 .ok_or_else(|| GitError {
                     operation: operation.clone(),
                     message: format!("no directory `{d}` in the repository"),
+                    missing_dir: true,
                 })?;
             if !entry.mode().is_tree() {
                 return Err(GitError {
                     operation,
                     message: format!("`{d}` is not a directory"),
+                    missing_dir: true,
                 });
             }
             entry.object_id()
@@ -189,7 +353,44 @@ pub fn checkout(
                 problem.path,
                 problem.error
             ),
+            missing_dir: false,
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_go_only_to_the_same_scheme_host_and_port() {
+        let source = "https://git.example.com/team/repo.git";
+        for same in [
+            "https://git.example.com/team/repo.git/info/refs?service=git-upload-pack",
+            "https://GIT.example.com:443/other.git",
+            "HTTPS://x-access-token@git.example.com/team/repo.git",
+        ] {
+            assert!(same_origin(source, same), "{same}");
+        }
+        for other in [
+            "https://evil.example.net/team/repo.git",
+            "https://git.example.com.evil.net/team/repo.git",
+            "http://git.example.com/team/repo.git",
+            "https://git.example.com:8443/team/repo.git",
+            "https://evil.example.net/@git.example.com/",
+            "not a url",
+        ] {
+            assert!(!same_origin(source, other), "{other}");
+        }
+        assert!(same_origin(
+            "https://127.0.0.1:8443/r",
+            "https://127.0.0.1:8443/r/info/refs"
+        ));
+        assert!(!same_origin(
+            "https://127.0.0.1:8443/r",
+            "https://127.0.0.2:8443/r"
+        ));
+        assert!(same_origin("https://[::1]:8443/r", "https://[::1]:8443/x"));
+    }
 }

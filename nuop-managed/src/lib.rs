@@ -1,7 +1,8 @@
 //! nuop-managed: controllers from git-synced Nushell scripts, one per mapping, reloaded
 //! without a restart when the scripts change.
 //!
-//! - [`location`]: a source's URL, ref and subdirectory (pure).
+//! - [`location`]: a source's URL, ref and subdirectory (pure; [`nuop_crd::location`],
+//!   shared with the manager's validation).
 //! - [`refs`]: which refs to fetch and how a `ref` resolves (pure).
 //! - [`backoff`]: when to fetch next after failures (pure).
 //! - [`plan`]: mappings × scripts → controllers, and what changed (pure).
@@ -18,7 +19,6 @@
 pub mod backoff;
 pub mod credentials;
 pub mod git;
-pub mod location;
 pub mod mode;
 pub mod plan;
 pub mod refs;
@@ -26,6 +26,8 @@ pub mod revision;
 pub mod status;
 pub mod supervisor;
 pub mod sync;
+
+pub use nuop_crd::location;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,16 +59,15 @@ pub struct Settings {
     pub fetch_timeout: Duration,
     /// The executor that runs the scripts.
     pub executor: ExecutorKind,
+    /// The longest loading one script (parse and top level) may take; a script that
+    /// outlives it rejects its revision.
+    pub load_timeout: Duration,
 }
 
 /// The cache directory name of source number `index` at `url`: a new URL at the same
 /// position gets a fresh cache.
 pub fn source_dir_name(index: usize, url: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in url.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = nuop_crd::fnv::Fnv::default().feed(url.as_bytes()).value();
     format!("source-{index}-{:08x}", hash & 0xffff_ffff)
 }
 
@@ -120,6 +121,7 @@ pub async fn run(
                     interval: settings.sync_interval,
                     fetch_timeout: settings.fetch_timeout,
                     executor: settings.executor,
+                    load_timeout: settings.load_timeout,
                     reports: reports.clone(),
                 };
                 tasks.spawn(task.run(shutdown.clone()));
@@ -144,6 +146,7 @@ pub async fn run(
     let operator = &settings.config.nu_operator;
     let status = (!operator.name.is_empty() && !operator.namespace.is_empty())
         .then(|| StatusWriter::new(client.clone(), operator.clone()));
+    let (stopped, mut finished) = mpsc::unbounded_channel();
     let mut supervisor = Supervisor::new(
         client,
         settings.config.mappings.clone(),
@@ -151,6 +154,7 @@ pub async fn run(
         states,
         status,
         shutdown.clone(),
+        stopped,
     );
     if settings.config.sources.is_empty() {
         supervisor.apply().await;
@@ -162,6 +166,7 @@ pub async fn run(
                 Some(report) => supervisor.handle(report).await,
                 None => break,
             },
+            Some(mapping) = finished.recv() => supervisor.controller_stopped(&mapping).await,
             () = shutdown.clone() => break,
         }
     }

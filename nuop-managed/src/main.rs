@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         secrets_dir: Some(cli.secrets_dir),
         fetch_timeout: cli.fetch_timeout,
         executor: cli.executor,
+        load_timeout: nuop_core::script::embedded::DEFAULT_LOAD_TIMEOUT,
     };
     let code = run_to_exit("nuop-managed", &cli.log_format, || async move {
         let client = kube::Client::try_default().await?;

@@ -4,9 +4,14 @@
 //! A mapping selects a script by name (the name its `config` returns, or its
 //! directory's) and becomes one controller named after the mapping: it watches the
 //! mapping's group/version/kind, adds the mapping's label and field selectors to the
-//! script's (a mapping narrows, it never widens) and may override the requeue times.
-//! A mapping naming no script, and every mapping of a duplicated name, is a
-//! [`MappingProblem`]; the other mappings are planned as usual.
+//! script's and may override the requeue times. A mapping narrows, it never widens: a
+//! selector key the script also sets must have the same value, otherwise the mapping
+//! does not run (test `a_mapping_that_would_widen_a_selector_does_not_run`). A mapping
+//! naming no script, and every mapping of a duplicated name, is a [`MappingProblem`] too;
+//! the other mappings are planned as usual.
+//!
+//! [`stranded_finalizers`] tells which restarted or stopped controllers no longer add
+//! the finalizer they used to: objects that carry the old one would hang in Terminating.
 //!
 //! A controller is identified by its mapping's name and compared by [`Desired::fingerprint`]
 //! (the script's content digest) and its effective config: only a controller whose
@@ -92,12 +97,18 @@ pub fn plan(
             continue;
         }
         match find_script(&mapping.name, available) {
-            Some((key, script)) => desired.push(Desired {
-                mapping: mapping.name.clone(),
-                script: key.to_string(),
-                config: effective_config(&script.config, mapping),
-                fingerprint: script.fingerprint.clone(),
-            }),
+            Some((key, script)) => match effective_config(&script.config, mapping) {
+                Ok(config) => desired.push(Desired {
+                    mapping: mapping.name.clone(),
+                    script: key.to_string(),
+                    config,
+                    fingerprint: script.fingerprint.clone(),
+                }),
+                Err(reason) => problems.push(MappingProblem {
+                    mapping: mapping.name.clone(),
+                    reason,
+                }),
+            },
             None => problems.push(MappingProblem {
                 mapping: mapping.name.clone(),
                 reason: if available.is_empty() {
@@ -130,31 +141,79 @@ fn find_script<'a>(
 }
 
 /// The script's config as `mapping` shapes it (module docs).
-pub fn effective_config(script: &ScriptConfig, mapping: &Mapping) -> ScriptConfig {
+///
+/// # Errors
+/// A message naming the selector key when the mapping gives a key the script also
+/// sets a different value for: that would widen the script's watch.
+pub fn effective_config(script: &ScriptConfig, mapping: &Mapping) -> Result<ScriptConfig, String> {
     let mut config = script.clone();
     config.name.clone_from(&mapping.name);
     config.group.clone_from(&mapping.group);
     config.version.clone_from(&mapping.version);
     config.kind.clone_from(&mapping.kind);
-    config.label_selectors.extend(
-        mapping
-            .label_selectors
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    config.field_selectors.extend(
-        mapping
-            .field_selectors
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
+    narrow(
+        &mut config.label_selectors,
+        &mapping.label_selectors,
+        "labelSelectors",
+    )?;
+    narrow(
+        &mut config.field_selectors,
+        &mapping.field_selectors,
+        "fieldSelectors",
+    )?;
     if let Some(s) = mapping.requeue_after_noop {
         config.requeue_after_noop = Duration::from_secs(s);
     }
     if let Some(s) = mapping.requeue_after_change {
         config.requeue_after_change = Duration::from_secs(s);
     }
-    config
+    Ok(config)
+}
+
+/// Adds the mapping's selectors to the script's, refusing a key whose values differ.
+fn narrow(
+    script: &mut BTreeMap<String, String>,
+    mapping: &BTreeMap<String, String>,
+    field: &str,
+) -> Result<(), String> {
+    for (key, value) in mapping {
+        match script.get(key) {
+            Some(own) if own != value => {
+                return Err(format!(
+                    "{field}.{key} is `{value}` in the mapping but `{own}` in the script's config: a mapping may only narrow what the script watches; drop the key from the mapping or change the script"
+                ));
+            }
+            Some(_) => {}
+            None => {
+                script.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A controller whose finalizer goes away: `(mapping, old finalizer, new finalizer)`,
+/// `None` when it is stopped or no longer sets one.
+pub type Stranded = (String, String, Option<String>);
+
+/// The running controllers that will stop adding (and removing) their finalizer: a
+/// restart with another or no `finalizer`, or a stop. Objects that already carry the
+/// old finalizer are then never released by nuop.
+pub fn stranded_finalizers(
+    running: &BTreeMap<String, Desired>,
+    desired: &[Desired],
+) -> Vec<Stranded> {
+    running
+        .iter()
+        .filter_map(|(name, r)| {
+            let old = r.config.finalizer.clone()?;
+            let new = desired
+                .iter()
+                .find(|d| d.mapping == *name)
+                .and_then(|d| d.config.finalizer.clone());
+            (new.as_deref() != Some(old.as_str())).then(|| (name.clone(), old, new))
+        })
+        .collect()
 }
 
 /// Compares what runs (`running`: controller name → the [`Desired`] it was started
@@ -266,6 +325,78 @@ mod tests {
         }
         let (desired, _) = plan(&[Mapping::new("dir-name", "v1", "Pod")], &scripts);
         assert_eq!(desired[0].script, "cfg-name");
+    }
+
+    #[test]
+    fn a_mapping_that_would_widen_a_selector_does_not_run() {
+        // The script selects team=a; a mapping for team=b would watch team b instead.
+        let widening = Mapping::new("wide", "v1", "ConfigMap").with_label_selector("team", "b");
+        let same = Mapping::new("same", "v1", "ConfigMap").with_label_selector("team", "a");
+        let scripts: BTreeMap<String, Available> = [("wide", "1"), ("same", "1")]
+            .iter()
+            .map(|(n, f)| script(n, f))
+            .collect();
+        let (desired, problems) = plan(&[widening, same], &scripts);
+        assert_eq!(
+            desired
+                .iter()
+                .map(|d| d.mapping.as_str())
+                .collect::<Vec<_>>(),
+            ["same"]
+        );
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].mapping, "wide");
+        assert!(
+            problems[0]
+                .reason
+                .starts_with("labelSelectors.team is `b` in the mapping but `a` in the script"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            desired[0].config.label_selector_string().as_deref(),
+            Some("team=a")
+        );
+    }
+
+    #[test]
+    fn a_finalizer_dropped_or_renamed_by_a_reload_is_reported() {
+        let with = |name: &str, finalizer: Option<&str>| {
+            let (_, mut s) = script(name, "1");
+            s.config.finalizer = finalizer.map(str::to_string);
+            let (mut desired, _) = plan(
+                &[Mapping::new(name, "v1", "ConfigMap")],
+                &BTreeMap::from([(name.to_string(), s)]),
+            );
+            desired.remove(0)
+        };
+        let running: BTreeMap<String, Desired> = [
+            with("kept", Some("example.com/a")),
+            with("renamed", Some("example.com/a")),
+            with("dropped", Some("example.com/a")),
+            with("stopped", Some("example.com/a")),
+            with("never", None),
+        ]
+        .into_iter()
+        .map(|d| (d.mapping.clone(), d))
+        .collect();
+        let desired = [
+            with("kept", Some("example.com/a")),
+            with("renamed", Some("example.com/b")),
+            with("dropped", None),
+            with("never", Some("example.com/new")),
+        ];
+        assert_eq!(
+            stranded_finalizers(&running, &desired),
+            [
+                ("dropped".to_string(), "example.com/a".to_string(), None),
+                (
+                    "renamed".to_string(),
+                    "example.com/a".to_string(),
+                    Some("example.com/b".to_string())
+                ),
+                ("stopped".to_string(), "example.com/a".to_string(), None),
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the managed pods report in their NuOperator's status: per source the revision in
 //! use, the last successful sync and the last error; per mapping whether its controller
-//! runs and why not. Building it is pure; [`StatusWriter`] server-side applies it.
+//! runs, why not, and whether it is restarting for a new revision. The manager folds
+//! these into the Ready, Progressing and Degraded conditions. Building it is pure; [`StatusWriter`] server-side applies it.
 //!
 //! Only `status.sources` and `status.mappings` are applied, under the field manager
 //! [`FIELD_MANAGER`]: the manager owns the conditions and replica counts, so neither
@@ -26,6 +27,7 @@ pub fn desired(
     sources: &[SourceState],
     mappings: &[Mapping],
     running: &BTreeSet<String>,
+    restarting: &BTreeSet<String>,
     problems: &[MappingProblem],
 ) -> (Vec<SourceStatus>, Vec<MappingStatus>) {
     let sources = sources
@@ -49,6 +51,7 @@ pub fn desired(
                 .iter()
                 .find(|p| p.mapping == m.name)
                 .map(|p| p.reason.clone()),
+            restarting: restarting.contains(&m.name),
         })
         .collect();
     (sources, mappings)
@@ -145,7 +148,8 @@ mod tests {
             mapping: "dup".into(),
             reason: "2 mappings are named `dup`".into(),
         }];
-        let (sources, mappings) = desired(&sources, &mappings, &running, &problems);
+        let restarting = BTreeSet::from(["a".to_string()]);
+        let (sources, mappings) = desired(&sources, &mappings, &running, &restarting, &problems);
         assert_eq!(sources.len(), 2);
         assert_eq!(sources[0].last_error.as_deref(), Some("unreachable"));
         assert_eq!(
@@ -155,6 +159,7 @@ mod tests {
         assert_eq!(sources[1].revision, None);
         assert_eq!(mappings.len(), 2);
         assert!(mappings[0].running && mappings[0].message.is_none());
+        assert!(mappings[0].restarting && !mappings[1].restarting);
         assert!(!mappings[1].running);
         assert_eq!(
             mappings[1].message.as_deref(),

@@ -4,9 +4,18 @@
 //! A fetch that fails (unreachable server, refused credentials, unknown ref) and a
 //! revision whose scripts do not load are both reported and counted in
 //! `nuop_source_syncs_total{result="failure"|"rejected"}` (the running revision is
-//! `nuop_source_revision_info`); the last good revision keeps
-//! running. Failed fetches back off ([`crate::backoff`]); a rejected commit is not
-//! loaded again until the ref moves.
+//! `nuop_source_revision_info`); the last good revision keeps running. Failed fetches
+//! back off ([`crate::backoff`]). A commit whose scripts fail for a reason of its own
+//! (parse, config) is rejected and not loaded again until the ref moves; one that
+//! failed for a transient reason (I/O, a timeout) counts as a failure and is loaded
+//! again at the next, backed-off, sync ([`crate::revision::LoadFailure::transient`]).
+//!
+//! Each load checks the commit out into a directory of its own,
+//! `checkouts/<commit>-<n>`, never reused: a directory is never shared between an
+//! attempt in progress and a revision the supervisor knows. The task never removes a
+//! checkout it reported; the supervisor removes those no controller uses any more
+//! (test `a_checkout_being_loaded_survives_another_sources_cleanup` in
+//! `supervisor.rs`). A failed checkout's staging directory is removed at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +32,7 @@ use crate::backoff;
 use crate::credentials::SecretReader;
 use crate::git;
 use crate::location::Location;
-use crate::revision::{self, Revision};
+use crate::revision::{self, LoadFailure, Revision};
 
 /// What a source task tells the supervisor.
 pub enum Report {
@@ -44,6 +53,9 @@ pub enum Report {
         source: usize,
         /// Why (never holding credentials).
         error: String,
+        /// The checkout made for a revision that did not load: the supervisor's to
+        /// remove.
+        checkout: Option<PathBuf>,
     },
 }
 
@@ -65,6 +77,8 @@ pub struct SourceTask {
     pub fetch_timeout: Duration,
     /// The executor that loads the scripts.
     pub executor: ExecutorKind,
+    /// The longest loading one script (parse and top level) may take.
+    pub load_timeout: Duration,
     /// Where reports go.
     pub reports: mpsc::Sender<Report>,
 }
@@ -81,18 +95,17 @@ impl SourceTask {
         // nothing uses them yet: start clean. The bare repository is kept.
         let _ = tokio::fs::remove_dir_all(checkouts_dir(&self.cache)).await;
         let label = self.location.url.clone();
-        let mut current: Option<String> = None;
-        let mut rejected: Option<(String, String)> = None;
+        let mut state = SyncState::default();
         let mut failures: u32 = 0;
         loop {
-            let before = current.clone();
-            let (result, report) = self.sync_once(&mut current, &mut rejected).await;
-            if current != before {
+            let before = state.current.clone();
+            let (result, report) = self.sync_once(&mut state).await;
+            if state.current != before {
                 let revisions = &METRICS.source_revision;
                 if let Some(old) = &before {
                     let _ = revisions.remove_label_values(&[label.as_str(), old.as_str()]);
                 }
-                if let Some(new) = &current {
+                if let Some(new) = &state.current {
                     revisions
                         .with_label_values(&[label.as_str(), new.as_str()])
                         .set(1);
@@ -123,15 +136,7 @@ impl SourceTask {
 
     /// One fetch (and load, when the commit is new). Returns the metric result and the
     /// report.
-    async fn sync_once(
-        &self,
-        current: &mut Option<String>,
-        rejected: &mut Option<(String, String)>,
-    ) -> (&'static str, Report) {
-        let failed = |error: String| Report::Failed {
-            source: self.index,
-            error,
-        };
+    async fn sync_once(&self, state: &mut SyncState) -> (&'static str, Report) {
         debug!(source = %self.location, "fetching");
         let commit = match self.fetch().await {
             Ok(commit) => {
@@ -140,7 +145,7 @@ impl SourceTask {
             }
             Err(error) => {
                 warn!(source = %self.location, "fetch failed, keeping the last good revision: {error}");
-                return ("failure", failed(error));
+                return ("failure", self.failed(error, None));
             }
         };
         let synced = |revision: Option<Box<Revision>>| Report::Synced {
@@ -149,28 +154,48 @@ impl SourceTask {
             revision,
             at: SystemTime::now(),
         };
-        if current.as_deref() == Some(commit.as_str()) {
+        if state.current.as_deref() == Some(commit.as_str()) {
             return ("success", synced(None));
         }
-        if let Some((bad, reason)) = rejected.as_ref()
+        if let Some((bad, reason)) = state.rejected.as_ref()
             && *bad == commit
         {
-            return ("rejected", failed(reason.clone()));
+            return ("rejected", self.failed(reason.clone(), None));
         }
-        match self.load(&commit).await {
+        state.attempts = state.attempts.wrapping_add(1);
+        let dest = checkouts_dir(&self.cache).join(format!("{commit}-{}", state.attempts));
+        match self.load(&commit, &dest).await {
             Ok(revision) => {
                 info!(source = %self.location, %commit, scripts = revision.scripts.len(), "new revision loaded");
-                *current = Some(commit.clone());
-                *rejected = None;
+                state.current = Some(commit.clone());
+                state.rejected = None;
                 ("success", synced(Some(Box::new(revision))))
             }
-            Err(reason) => {
-                let reason =
-                    format!("revision {commit} rejected, keeping the last good one: {reason}");
+            Err(failure) if failure.transient => {
+                let reason = format!(
+                    "revision {commit} could not be loaded, retrying at the next sync: {}",
+                    failure.message
+                );
                 warn!(source = %self.location, "{reason}");
-                *rejected = Some((commit, reason.clone()));
-                ("rejected", failed(reason))
+                ("failure", self.failed(reason, Some(dest)))
             }
+            Err(failure) => {
+                let reason = format!(
+                    "revision {commit} rejected, keeping the last good one: {}",
+                    failure.message
+                );
+                warn!(source = %self.location, "{reason}");
+                state.rejected = Some((commit, reason.clone()));
+                ("rejected", self.failed(reason, Some(dest)))
+            }
+        }
+    }
+
+    fn failed(&self, error: String, checkout: Option<PathBuf>) -> Report {
+        Report::Failed {
+            source: self.index,
+            error,
+            checkout,
         }
     }
 
@@ -199,36 +224,57 @@ impl SourceTask {
         }
     }
 
-    /// Checks `commit` out into its own directory (reused while it exists: a kept
-    /// controller may still run from it) and loads its scripts; a rejected checkout is
-    /// removed.
-    async fn load(&self, commit: &str) -> Result<Revision, String> {
-        let checkouts = checkouts_dir(&self.cache);
-        let dest = checkouts.join(commit);
-        if !dest.is_dir() {
-            let staging = checkouts.join(format!(".staging-{commit}"));
-            let (cache, commit_owned, dir, staging_dir, final_dir) = (
-                self.cache.join("repo.git"),
-                commit.to_string(),
-                self.location.dir.clone(),
-                staging.clone(),
-                dest.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                let _ = std::fs::remove_dir_all(&staging_dir);
-                git::checkout(&cache, &commit_owned, dir.as_deref(), &staging_dir)
-                    .map_err(|e| e.to_string())?;
-                // A rename is atomic: a directory named after a commit is always complete.
-                std::fs::rename(&staging_dir, &final_dir)
-                    .map_err(|e| format!("cannot move the checkout into place: {e}"))
-            })
-            .await
-            .map_err(|e| format!("checkout task failed: {e}"))??;
-        }
-        let result = revision::load(commit, &dest, self.executor).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_dir_all(&dest).await;
-        }
-        result
+    /// Checks `commit` out into `dest` (which does not exist yet) and loads its scripts.
+    async fn load(&self, commit: &str, dest: &Path) -> Result<Revision, LoadFailure> {
+        let staging = checkouts_dir(&self.cache).join(format!(
+            ".staging-{}",
+            dest.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        let (cache, commit_owned, dir, final_dir) = (
+            self.cache.join("repo.git"),
+            commit.to_string(),
+            self.location.dir.clone(),
+            dest.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&staging);
+            let result = git::checkout(&cache, &commit_owned, dir.as_deref(), &staging)
+                .map_err(|e| (e.to_string(), e.is_missing_dir()))
+                .and_then(|()| {
+                    // A rename is atomic: a directory named after a commit is always
+                    // complete.
+                    std::fs::rename(&staging, &final_dir)
+                        .map_err(|e| (format!("cannot move the checkout into place: {e}"), false))
+                });
+            if result.is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            result
+        })
+        .await
+        .map_err(|e| LoadFailure {
+            message: format!("checkout task failed: {e}"),
+            transient: true,
+        })?
+        .map_err(|(message, missing_dir)| LoadFailure {
+            message,
+            // A `dir` the commit does not have is the commit's own; other checkout
+            // failures are I/O.
+            transient: !missing_dir,
+        })?;
+        revision::load(commit, dest, self.executor, self.load_timeout).await
     }
+}
+
+/// What a source task remembers between syncs.
+#[derive(Debug, Default)]
+struct SyncState {
+    /// The commit of the good revision last reported.
+    current: Option<String>,
+    /// A commit rejected for a reason of its own, and the reason.
+    rejected: Option<(String, String)>,
+    /// Checkouts made so far: each gets its own directory.
+    attempts: u64,
 }

@@ -173,7 +173,10 @@ async fn the_binary_fetches_over_https_with_a_token_and_never_leaks_it() {
     assert!(logs.contains("new revision loaded"), "{logs}");
     assert!(!logs.contains(&token), "the token is in the logs");
     let script_env = std::fs::read_to_string(&env_file).expect("script env");
-    assert!(script_env.contains("NUOP_CONFIG"), "{script_env}");
+    // The dump is the script's environment (nuop sets NUOP_CONTROLLER per call), and
+    // the operator's own NUOP_* settings are not passed on (issue 18).
+    assert!(script_env.contains("\"NUOP_CONTROLLER\""), "{script_env}");
+    assert!(!script_env.contains("\"NUOP_CONFIG\""), "{script_env}");
     assert!(
         !script_env.contains(&token),
         "the token is in the script's environment"

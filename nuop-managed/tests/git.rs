@@ -174,3 +174,70 @@ fn a_damaged_cache_is_rebuilt() {
     std::fs::write(repo_cache.join("HEAD"), "garbage").expect("write");
     assert_eq!(fetch_url(&repo_cache, &repo.file_url()), Ok(one));
 }
+
+/// The refs of the bare repository at `repo`, sorted.
+fn refs_of(repo: &std::path::Path) -> Vec<String> {
+    let listed = common::git(repo, &["for-each-ref", "--format=%(refname)"]);
+    let mut refs: Vec<String> = listed.lines().map(str::to_string).collect();
+    refs.sort();
+    refs
+}
+
+/// Whether the repository at `repo` has the object `id`.
+fn has_object(repo: &std::path::Path, id: &str) -> bool {
+    std::process::Command::new("git")
+        .args(["cat-file", "-e", id])
+        .current_dir(repo)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", repo)
+        .status()
+        .unwrap_or_else(|e| panic!("these tests need the git binary: {e}"))
+        .success()
+}
+
+#[test]
+fn the_cache_fetches_only_the_ref_it_needs_and_is_pruned() {
+    let repo = Repo::new();
+    repo.write("a/mod.nu", "# main\n");
+    let main = repo.commit("main");
+    repo.git(&["tag", "v1"]);
+    repo.git(&["checkout", "-q", "-b", "feature"]);
+    repo.write("a/mod.nu", "# feature\n");
+    let feature = repo.commit("feature");
+    repo.git(&["checkout", "-q", "main"]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let repo_cache = cache.path().join("repo.git");
+    let url = repo.file_url();
+
+    assert_eq!(fetch_url(&repo_cache, &format!("{url}?ref=main")), Ok(main));
+    assert_eq!(refs_of(&repo_cache), ["refs/remotes/origin/main"]);
+    assert!(
+        !has_object(&repo_cache, &feature),
+        "another branch was fetched although the source names main"
+    );
+
+    // What an earlier fetch left (another ref) is pruned by the next one.
+    assert_eq!(
+        fetch_url(&repo_cache, &format!("{url}?ref=feature")),
+        Ok(feature.clone())
+    );
+    assert_eq!(refs_of(&repo_cache), ["refs/remotes/origin/feature"]);
+
+    // A commit id no branch or tag is named after is looked for in every branch and
+    // tag (a fresh cache has nothing yet).
+    let fresh = cache.path().join("fresh.git");
+    assert_eq!(
+        fetch_url(&fresh, &format!("{url}?ref={}", &feature[..12])),
+        Ok(feature)
+    );
+
+    // A branch deleted on the remote does not stay in the cache.
+    repo.git(&["branch", "-D", "feature"]);
+    let err = fetch_url(&repo_cache, &format!("{url}?ref=feature")).expect_err("branch gone");
+    assert!(err.contains("no branch, tag or commit `feature`"), "{err}");
+    assert!(
+        !refs_of(&repo_cache).contains(&"refs/remotes/origin/feature".to_string()),
+        "{:?}",
+        refs_of(&repo_cache)
+    );
+}

@@ -1,6 +1,6 @@
 //! Managed mode in-process against the real control plane: scripts from a git
 //! repository served by `git daemon` reconcile ConfigMaps in the test's namespace; new
-//! commits are hot-reloaded, broken ones rejected, an unreachable source keeps the last
+//! commits are hot-reloaded, broken ones (a parse error, a top level that hangs) rejected, an unreachable source keeps the last
 //! good revision running.
 
 mod common;
@@ -23,6 +23,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(60);
+
+/// The load timeout managed mode runs with in these tests.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Stamps each object with `STAMP`.
 const STAMPER: &str = r#"
@@ -96,6 +99,9 @@ impl Managed {
             secrets_dir: None,
             fetch_timeout: Duration::from_secs(30),
             executor: ExecutorKind::Embedded,
+            // Short, so that the test of a hanging top level does not wait long; far
+            // above what parsing these scripts takes.
+            load_timeout: LOAD_TIMEOUT,
         };
         let readiness = Readiness::new();
         let options = ControllerOptions {
@@ -240,9 +246,34 @@ async fn a_new_commit_reloads_only_its_controller_and_a_broken_one_is_rejected()
     let keeper_calls = calls(&calls_file);
 
     // Hot reload: only the stamper changes, and all its objects get the new stamp.
+    // Readiness is sampled throughout: a restart of a synced mapping must not flap it.
+    let (sampling, unready) = {
+        let readiness = managed.readiness.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let sampler = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                if let Err(reason) = readiness.check() {
+                    seen.push(reason);
+                }
+                tokio::select! {
+                    _ = &mut stopped => return seen,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+        });
+        (stop, sampler)
+    };
     repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "v2"));
     let v2 = repo.commit("v2");
     annotation_becomes(&api, "stamped-a", "nuop.dev/stamp", "v2").await;
+    let _ = sampling.send(());
+    let flaps = unready.await.expect("sampler");
+    assert_eq!(
+        flaps,
+        Vec::<String>::new(),
+        "/readyz flapped during the reload"
+    );
     create(&api, "stamped-b", "stamp").await;
     annotation_becomes(&api, "stamped-b", "nuop.dev/stamp", "v2").await;
     assert_eq!(
@@ -251,7 +282,11 @@ async fn a_new_commit_reloads_only_its_controller_and_a_broken_one_is_rejected()
         "the keeper was restarted although its script did not change"
     );
 
-    assert_eq!(revisions(&url), [v2], "the running revision in the metric");
+    assert_eq!(
+        revisions(&url),
+        [v2.as_str()],
+        "the running revision in the metric"
+    );
 
     // A broken script rejects the whole revision; v2 keeps reconciling.
     let rejected_before = syncs(&url, "rejected");
@@ -265,10 +300,59 @@ async fn a_new_commit_reloads_only_its_controller_and_a_broken_one_is_rejected()
     annotation_becomes(&api, "stamped-c", "nuop.dev/stamp", "v2").await;
     assert_eq!(managed.readiness.check(), Ok(()));
 
-    // Fixing it is picked up again.
+    // A top level that never finishes is stopped at the load timeout and rejects its
+    // revision like a parse error (issue 18 point 5); v2 keeps reconciling.
+    let rejected_before = syncs(&url, "rejected");
+    repo.write(
+        "scripts/stamper/mod.nu",
+        &format!(
+            "loop {{ sleep 10ms }}\n{}",
+            stamper(&env.namespace, "hangs")
+        ),
+    );
+    repo.commit("hangs");
+    eventually("the hanging revision rejected", LIMIT, || async {
+        (syncs(&url, "rejected") > rejected_before).then_some(())
+    })
+    .await;
+    create(&api, "stamped-d", "stamp").await;
+    annotation_becomes(&api, "stamped-d", "nuop.dev/stamp", "v2").await;
+    assert_eq!(
+        revisions(&url),
+        [v2.as_str()],
+        "the running revision in the metric"
+    );
+    assert_eq!(managed.readiness.check(), Ok(()));
+
+    // Fixing it is picked up again, for every object.
     repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "v3"));
     repo.commit("v3");
     annotation_becomes(&api, "stamped-c", "nuop.dev/stamp", "v3").await;
+    annotation_becomes(&api, "stamped-d", "nuop.dev/stamp", "v3").await;
+    managed.stop().await;
+}
+
+#[tokio::test]
+async fn an_original_nuop_source_with_an_absolute_path_runs() {
+    // The original nuop's form: `path` is where the source was placed, `dir` in the
+    // location selects the subdirectory.
+    let env = TestEnv::new("managed-original-source").await;
+    let api: Api<ConfigMap> = env.api();
+    let repo = Repo::new();
+    repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "orig"));
+    repo.commit("first");
+    let daemon = Daemon::serve(repo.tmp.path());
+    let managed = Managed::start(
+        &env,
+        vec![
+            Source::new(format!("{}?ref=main&dir=scripts", daemon.url("repo")))
+                .at_path("/scripts/example"),
+        ],
+        vec![Mapping::new("stamper", "v1", "ConfigMap")],
+    )
+    .await;
+    create(&api, "original", "x").await;
+    annotation_becomes(&api, "original", "nuop.dev/stamp", "orig").await;
     managed.stop().await;
 }
 

@@ -156,28 +156,18 @@ pub fn desired_config_map(operator: &NuOperator) -> Result<ConfigMap> {
     })
 }
 
-/// A stable hash of a ConfigMap's data (64-bit FNV-1a, as 16 hex digits).
+/// A stable hash of a ConfigMap's data ([`nuop_crd::fnv`], as 16 hex digits): keys in
+/// order, each key and value a length-prefixed field.
 ///
 /// Stable across builds and platforms, unlike `std`'s hasher, so a manager upgrade does
 /// not roll every managed pod. Not a security measure: it only detects change.
 pub fn config_hash(config_map: &ConfigMap) -> String {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
-    let mut hash = OFFSET;
-    let mut feed = |bytes: &[u8]| {
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(PRIME);
-        }
-    };
-    // BTreeMap iterates in key order; lengths keep ("ab","c") apart from ("a","bc").
+    let mut hash = nuop_crd::fnv::Fnv::default();
+    // BTreeMap iterates in key order.
     for (key, value) in config_map.data.iter().flatten() {
-        feed(&(key.len() as u64).to_le_bytes());
-        feed(key.as_bytes());
-        feed(&(value.len() as u64).to_le_bytes());
-        feed(value.as_bytes());
+        hash.feed(key.as_bytes()).feed(value.as_bytes());
     }
-    format!("{hash:016x}")
+    hash.hex()
 }
 
 /// The Deployment running `nuop-managed` for `operator`, reading the ConfigMap whose

@@ -4,13 +4,13 @@
 //! The reconcile of one `NuOperator` is a pipeline of small steps, each in its module:
 //!
 //! 1. [`validate`] (pure): what the schema cannot check — duplicate mapping names,
-//!    source locations, Secrets the credentials refer to.
+//!    source locations as the managed pods parse them. Secrets are never read.
 //! 2. [`build`] (pure): the desired ConfigMap (`nuop.yaml` for `nuop-managed --config`)
 //!    and Deployment, with owner references, recommended labels and a config hash.
-//! 3. [`reconcile`] (I/O): server-side apply of both, deletion of children no longer
-//!    wanted, and the status.
-//! 4. [`status`] (pure): the Ready / Progressing / Degraded conditions from what was
-//!    observed.
+//! 3. [`reconcile`] (I/O): a refusal to take over same-named objects it does not own,
+//!    server-side apply of both, deletion of children no longer wanted, and the status.
+//! 4. [`status`] (pure): the Ready / Progressing / Degraded conditions from the rollout
+//!    and from what the managed pods report in `status.sources` and `status.mappings`.
 //!
 //! [`run`] wires the pipeline into a kube-runtime controller that also watches the
 //! ConfigMaps and Deployments it owns. The manager never creates RBAC: a managed

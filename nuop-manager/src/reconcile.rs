@@ -1,27 +1,36 @@
 //! The reconcile of one `NuOperator`, one call per step: fetch → validate → build →
-//! apply → delete what is no longer wanted → status. Does I/O; every decision is made
-//! by the pure modules ([`crate::validate`], [`crate::build`], [`crate::status`]).
+//! check the children's names are ours → apply → delete what is no longer wanted →
+//! status. Does I/O; every decision is made by the pure modules ([`crate::validate`],
+//! [`crate::build`], [`crate::status`]) and [`conflict`].
 //!
 //! A spec that fails validation is not an error: the status says why (Degraded), no
 //! child is created, and the children of an earlier valid spec are left running — a bad
-//! edit does not take a working operator down. Errors are API failures; they back off
-//! per object, capped.
+//! edit does not take a working operator down. The same holds when a ConfigMap or
+//! Deployment of the child's name exists without this NuOperator's controller
+//! reference (`NameConflict`): it is never taken over (test
+//! `a_same_named_configmap_is_not_taken_over` in `tests/manager.rs`). Errors are API
+//! failures; they back off per object, capped ([`nuop_core::reconcile::backoff`]).
+//!
+//! Metrics use the core's vocabulary: `nuop_reconciles_total{outcome}` takes
+//! [`Outcome::label`] values, `nuop_reconcile_errors_total{category}` takes
+//! [`Error::category`] (the core's category for a failed API call).
 
-use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt as _};
 use nuop_core::metrics::METRICS;
+use nuop_core::protocol::Outcome;
+use nuop_core::reconcile::backoff::Backoff;
 use nuop_crd::NuOperator;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -38,12 +47,9 @@ pub const METRICS_CONTROLLER: &str = "nuop-manager";
 /// How long a healthy `NuOperator` waits before it is looked at again without a change.
 pub const RESYNC: Duration = Duration::from_secs(300);
 
-/// How long an operator whose problem may resolve itself (a Secret not yet created)
-/// waits before it is validated again.
+/// How long an operator whose problem may resolve itself (an object of the child's name
+/// that is not ours, deleted later) waits before it is checked again.
 pub const RECHECK: Duration = Duration::from_secs(30);
-
-/// The longest wait after repeated API failures.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// The longest Event note the API server accepts, in bytes.
 const MAX_EVENT_NOTE: usize = 1024;
@@ -55,7 +61,8 @@ pub struct Context {
     /// The manager's settings for the children.
     pub settings: Settings,
     recorder: Recorder,
-    failures: Mutex<HashMap<ObjectRef<NuOperator>, u32>>,
+    /// Keyed by [`backoff_key`]: the core's `Backoff` needs a key with a default.
+    backoff: Backoff<String>,
 }
 
 impl Context {
@@ -69,14 +76,8 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
-            failures: Mutex::new(HashMap::new()),
+            backoff: Backoff::default(),
         })
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<NuOperator>, u32>> {
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -88,10 +89,13 @@ pub async fn reconcile(operator: Arc<NuOperator>, ctx: Arc<Context>) -> Result<A
     let started = Instant::now();
     let result = reconcile_inner(&operator, &ctx).await;
     let outcome = match &result {
-        Ok(_) => {
-            ctx.failures()
-                .remove(&ObjectRef::from_obj(operator.as_ref()));
-            "ok"
+        Ok((_, changed)) => {
+            ctx.backoff.succeeded(&backoff_key(&operator));
+            if *changed {
+                Outcome::Changed
+            } else {
+                Outcome::NoChange
+            }
         }
         Err(e) => {
             if let Ok(counter) = METRICS
@@ -100,12 +104,12 @@ pub async fn reconcile(operator: Arc<NuOperator>, ctx: Arc<Context>) -> Result<A
             {
                 counter.inc();
             }
-            "error"
+            Outcome::Failed(1)
         }
     };
     if let Ok(counter) = METRICS
         .reconciles
-        .get_metric_with_label_values(&[METRICS_CONTROLLER, outcome])
+        .get_metric_with_label_values(&[METRICS_CONTROLLER, outcome.label()])
     {
         counter.inc();
     }
@@ -115,13 +119,14 @@ pub async fn reconcile(operator: Arc<NuOperator>, ctx: Arc<Context>) -> Result<A
     {
         histogram.observe(started.elapsed().as_secs_f64());
     }
-    result
+    result.map(|(action, _)| action)
 }
 
-async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<Action> {
+/// The reconcile proper; also says whether a child was created or changed.
+async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<(Action, bool)> {
     if operator.metadata.deletion_timestamp.is_some() {
         // The children carry owner references: the garbage collector removes them.
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), false));
     }
     let namespace = operator
         .metadata
@@ -130,34 +135,103 @@ async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<Action>
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = operator.name_any();
 
-    let secrets = existing_secrets(
-        &ctx.client,
-        &namespace,
-        &validate::referenced_secrets(operator),
-    )
-    .await?;
-    let problems = validate::validate(operator, &secrets);
-    if !problems.is_empty() {
-        warn!(%namespace, %name, problems = %join(&problems), "NuOperator is invalid; nothing applied");
+    let mut problems = validate::validate(operator);
+    let (config_map, deployment) = if problems.is_empty() {
+        let config_map = build::desired_config_map(operator)?;
+        let hash = build::config_hash(&config_map);
+        let deployment = build::desired_deployment(operator, &ctx.settings, &hash)?;
+        Some((config_map, deployment))
+    } else {
+        None
+    }
+    .unzip();
+    let uid = operator.metadata.uid.clone().unwrap_or_default();
+    let mut before = Vec::new();
+    if let (Some(config_map), Some(deployment)) = (&config_map, &deployment) {
+        for (kind, existing) in [
+            (
+                "ConfigMap",
+                existing::<ConfigMap>(&ctx.client, config_map).await?,
+            ),
+            (
+                "Deployment",
+                existing::<Deployment>(&ctx.client, deployment).await?,
+            ),
+        ] {
+            if let Some(problem) =
+                conflict(kind, existing.as_ref(), &uid, &build::child_name(operator))
+            {
+                problems.push(problem);
+            }
+            before.push(existing.and_then(|m| m.resource_version));
+        }
+    }
+    let (Some(config_map), Some(deployment), true) = (config_map, deployment, problems.is_empty())
+    else {
+        warn!(%namespace, %name, problems = %join(&problems), "NuOperator cannot be deployed; nothing applied");
         warn_invalid(ctx, operator, &problems).await;
         write_status(&ctx.client, operator, Observation::Invalid(&problems)).await?;
-        return Ok(if problems.iter().any(Problem::may_resolve_itself) {
+        let action = if problems.iter().any(Problem::may_resolve_itself) {
             Action::requeue(RECHECK)
         } else {
             Action::await_change()
-        });
-    }
+        };
+        return Ok((action, false));
+    };
 
-    let config_map = build::desired_config_map(operator)?;
-    let hash = build::config_hash(&config_map);
-    let deployment = build::desired_deployment(operator, &ctx.settings, &hash)?;
-    apply(&ctx.client, &namespace, &config_map).await?;
+    let config_map = apply(&ctx.client, &namespace, &config_map).await?;
     let deployment = apply(&ctx.client, &namespace, &deployment).await?;
+    let after = [
+        config_map.metadata.resource_version.clone(),
+        deployment.metadata.resource_version.clone(),
+    ];
+    let changed = before.iter().zip(&after).any(|(b, a)| b != a);
     delete_unwanted::<ConfigMap>(&ctx.client, operator).await?;
     delete_unwanted::<Deployment>(&ctx.client, operator).await?;
     write_status(&ctx.client, operator, Observation::Applied(&deployment)).await?;
-    info!(%namespace, %name, config_hash = %hash, "NuOperator reconciled");
-    Ok(Action::requeue(RESYNC))
+    info!(%namespace, %name, changed, "NuOperator reconciled");
+    Ok((Action::requeue(RESYNC), changed))
+}
+
+/// The metadata of the object named like `desired` (same kind and namespace), if any.
+async fn existing<K>(client: &Client, desired: &K) -> Result<Option<ObjectMeta>>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let namespace = desired.meta().namespace.clone().unwrap_or_default();
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    api.get_metadata_opt(&name)
+        .await
+        .map(|found| found.map(|m| m.metadata))
+        .map_err(Error::kube(format!(
+            "look up {} {namespace}/{name}",
+            K::kind(&()).to_lowercase()
+        )))
+}
+
+/// A [`Problem::NameConflict`] when an object named `name` exists (`existing`) without a
+/// controller reference to the NuOperator with `uid`: the manager never takes over what
+/// it did not create.
+pub fn conflict(
+    kind: &'static str,
+    existing: Option<&ObjectMeta>,
+    uid: &str,
+    name: &str,
+) -> Option<Problem> {
+    let existing = existing?;
+    let ours = existing
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid && o.controller == Some(true));
+    (!ours).then(|| Problem::NameConflict {
+        kind,
+        name: name.to_string(),
+    })
 }
 
 /// Publishes a Warning Event on the NuOperator naming its problems. Best effort: an
@@ -197,27 +271,6 @@ fn join(problems: &[Problem]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Which of `names` exist as Secrets in `namespace`. Reads metadata only: the manager
-/// never reads a Secret's data.
-async fn existing_secrets(
-    client: &Client,
-    namespace: &str,
-    names: &BTreeSet<String>,
-) -> Result<BTreeSet<String>> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut existing = BTreeSet::new();
-    for name in names {
-        let found = api
-            .get_metadata_opt(name)
-            .await
-            .map_err(Error::kube(format!("look up secret {namespace}/{name}")))?;
-        if found.is_some() {
-            existing.insert(name.clone());
-        }
-    }
-    Ok(existing)
 }
 
 /// Server-side applies `object` as the manager's field manager and returns what the
@@ -314,18 +367,20 @@ async fn write_status(
     Ok(())
 }
 
-/// What to do after a failed reconcile: retry after 1, 2, 4 … seconds for the same
-/// object, capped at [`MAX_BACKOFF`]; a success resets it.
+/// The backoff key of `operator`: its uid, so that a NuOperator deleted and created
+/// again under the same name starts afresh.
+fn backoff_key(operator: &NuOperator) -> String {
+    operator
+        .metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| ObjectRef::from_obj(operator).to_string())
+}
+
+/// What to do after a failed reconcile: retry with the core's per-object backoff
+/// ([`nuop_core::reconcile::backoff`]: doubling, capped); a success resets it.
 pub fn error_policy(operator: Arc<NuOperator>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = {
-        let mut map = ctx.failures();
-        let count = map
-            .entry(ObjectRef::from_obj(operator.as_ref()))
-            .or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    };
-    let delay = backoff(failures);
+    let delay = ctx.backoff.failed(backoff_key(&operator));
     warn!(
         namespace = operator.metadata.namespace.as_deref().unwrap_or_default(),
         name = %operator.name_any(),
@@ -336,23 +391,43 @@ pub fn error_policy(operator: Arc<NuOperator>, error: &Error, ctx: Arc<Context>)
     Action::requeue(delay)
 }
 
-/// The wait after the `failures`-th failure in a row.
-pub fn backoff(failures: u32) -> Duration {
-    let seconds = 1u64
-        .checked_shl(failures.saturating_sub(1))
-        .unwrap_or(u64::MAX);
-    Duration::from_secs(seconds).min(MAX_BACKOFF)
-}
-
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
     use super::*;
 
+    fn owned_by(uid: &str, controller: bool) -> ObjectMeta {
+        ObjectMeta {
+            owner_references: Some(vec![OwnerReference {
+                uid: uid.to_string(),
+                controller: Some(controller),
+                ..OwnerReference::default()
+            }]),
+            ..ObjectMeta::default()
+        }
+    }
+
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        let waits: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
-        assert_eq!(backoff(200), MAX_BACKOFF);
-        assert_eq!(backoff(0), Duration::from_secs(1));
+    fn only_a_child_we_control_is_ours() {
+        assert_eq!(conflict("ConfigMap", None, "u1", "nuop-a"), None);
+        assert_eq!(
+            conflict("ConfigMap", Some(&owned_by("u1", true)), "u1", "nuop-a"),
+            None
+        );
+        for theirs in [
+            ObjectMeta::default(),
+            owned_by("u2", true),
+            owned_by("u1", false),
+        ] {
+            assert_eq!(
+                conflict("Deployment", Some(&theirs), "u1", "nuop-a"),
+                Some(Problem::NameConflict {
+                    kind: "Deployment",
+                    name: "nuop-a".to_string()
+                }),
+                "{theirs:?}"
+            );
+        }
     }
 }

@@ -1,13 +1,26 @@
 //! The status the manager writes: conditions Ready, Progressing and Degraded with
 //! reasons, `observedGeneration` and `readyReplicas`, derived from what a reconcile
-//! observed. Pure; the time of a transition is passed in.
+//! observed *and* from what the managed pods report in `status.sources` and
+//! `status.mappings`. Pure; the time of a transition is passed in.
 //!
-//! The manager owns only these fields (server-side apply as [`crate::FIELD_MANAGER`]);
-//! the managed pods report per-source revisions and per-mapping state under their own
-//! field manager.
+//! The manager is the one writer of the three conditions (server-side apply as
+//! [`crate::FIELD_MANAGER`]); the managed pods write `sources` and `mappings` under
+//! their own field manager, and the manager only reads them:
+//! - a source whose last fetch or load failed, or a mapping that does not run while
+//!   every source has a revision, is Degraded (`SourceFailed`, `MappingNotRunning`),
+//!   naming `spec.sources[i]` or `spec.mappings[i]`;
+//! - a source or mapping not reported yet, or a mapping restarting for a new revision,
+//!   is Progressing (`Syncing`, `Restarting`);
+//! - Ready needs the Deployment available, every source with a revision in use and
+//!   every mapping running.
+//!
+//! Tests: `a_failing_source_is_degraded_and_names_it`,
+//! `a_mapping_that_does_not_run_is_degraded_and_not_ready`,
+//! `a_restarting_mapping_is_progressing`.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use nuop_crd::location::redact;
 use nuop_crd::{
     CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, NuOperator, NuOperatorStatus,
 };
@@ -16,7 +29,8 @@ use crate::validate::Problem;
 
 /// Reason while the managed Deployment rolls out.
 pub const REASON_ROLLING_OUT: &str = "RollingOut";
-/// Reason once every replica is updated and available.
+/// Reason once every replica is updated and available (and the pods report every
+/// source and mapping running).
 pub const REASON_AVAILABLE: &str = "Available";
 /// Reason when the spec asks for no replicas.
 pub const REASON_SCALED_TO_ZERO: &str = "ScaledToZero";
@@ -28,14 +42,105 @@ pub const REASON_AS_EXPECTED: &str = "AsExpected";
 pub const REASON_ROLLOUT_STALLED: &str = "RolloutStalled";
 /// Reason when the Deployment cannot create its pods (quota, admission).
 pub const REASON_REPLICA_FAILURE: &str = "ReplicaFailure";
+/// Reason when the managed pods report a source whose last fetch or load failed.
+pub const REASON_SOURCE_FAILED: &str = "SourceFailed";
+/// Reason when the managed pods report a mapping whose controller does not run.
+pub const REASON_MAPPING_NOT_RUNNING: &str = "MappingNotRunning";
+/// Reason while the managed pods have not reported every source and mapping yet.
+pub const REASON_SYNCING: &str = "Syncing";
+/// Reason while a mapping's controller restarts for a new revision of its script.
+pub const REASON_RESTARTING: &str = "Restarting";
 
 /// What a reconcile found out.
 #[derive(Clone, Copy, Debug)]
 pub enum Observation<'a> {
-    /// Validation failed; nothing was applied.
+    /// Validation failed (or a child is in the way); nothing was applied.
     Invalid(&'a [Problem]),
     /// The children were applied; this is the Deployment as the API server returned it.
     Applied(&'a Deployment),
+}
+
+/// What the managed pods' part of the status says, folded for the conditions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PodsReport {
+    /// Problems that need attention (reason, message), in spec order.
+    pub degraded: Vec<(&'static str, String)>,
+    /// Work under way (reason, message): sources or mappings not reported yet, restarts.
+    pub progressing: Vec<(&'static str, String)>,
+    /// Why not every source has a revision and every mapping runs.
+    pub not_ready: Vec<String>,
+}
+
+/// Folds `status.sources` and `status.mappings` against `operator`'s spec. Entries the
+/// pods wrote for an older spec (another location at that index, a mapping no longer
+/// in the spec) are ignored.
+pub fn pods_report(operator: &NuOperator) -> PodsReport {
+    let status = operator.status.clone().unwrap_or_default();
+    let mut report = PodsReport::default();
+    let mut all_revisions = true;
+    for (index, source) in operator.spec.sources.iter().enumerate() {
+        let location = redact(&source.location);
+        let field = format!("spec.sources[{index}] ({location})");
+        let Some(reported) = status.sources.get(index).filter(|s| s.location == location) else {
+            all_revisions = false;
+            report
+                .progressing
+                .push((REASON_SYNCING, format!("{field}: not reported yet")));
+            report.not_ready.push(format!("{field} not reported yet"));
+            continue;
+        };
+        if let Some(error) = &reported.last_error {
+            report
+                .degraded
+                .push((REASON_SOURCE_FAILED, format!("{field}: {error}")));
+        }
+        if reported.revision.is_none() {
+            all_revisions = false;
+            report
+                .not_ready
+                .push(format!("{field} has no revision in use"));
+            if reported.last_error.is_none() {
+                report
+                    .progressing
+                    .push((REASON_SYNCING, format!("{field}: not fetched yet")));
+            }
+        }
+    }
+    for (index, mapping) in operator.spec.mappings.iter().enumerate() {
+        let field = format!("spec.mappings[{index}] ({})", mapping.name);
+        let Some(reported) = status.mappings.iter().find(|m| m.name == mapping.name) else {
+            report
+                .progressing
+                .push((REASON_SYNCING, format!("{field}: not reported yet")));
+            report.not_ready.push(format!("{field} not reported yet"));
+            continue;
+        };
+        if reported.restarting {
+            report.progressing.push((
+                REASON_RESTARTING,
+                format!("{field}: restarting for a new revision"),
+            ));
+        }
+        if !reported.running {
+            let why = reported.message.as_deref().unwrap_or("not running");
+            report.not_ready.push(format!("{field}: {why}"));
+            // Before every source has a revision, a missing script is expected.
+            if all_revisions {
+                report
+                    .degraded
+                    .push((REASON_MAPPING_NOT_RUNNING, format!("{field}: {why}")));
+            }
+        }
+    }
+    report
+}
+
+fn messages(entries: &[(&'static str, String)]) -> String {
+    entries
+        .iter()
+        .map(|(_, m)| m.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The status the manager owns for `operator` after `observation`, carrying over the
@@ -74,32 +179,56 @@ pub fn desired_status(
         }
         Observation::Applied(deployment) => {
             let rollout = Rollout::of(deployment, operator.spec.replicas);
-            let (ready, ready_reason) = match (rollout.complete, rollout.wanted) {
-                (true, 0) => (true, REASON_SCALED_TO_ZERO),
-                (true, _) => (true, REASON_AVAILABLE),
-                (false, _) => (false, REASON_NOT_AVAILABLE),
+            // No pods, nothing to report: the rollout alone decides.
+            let pods = if rollout.wanted == 0 {
+                PodsReport::default()
+            } else {
+                pods_report(operator)
             };
             let progress = format!(
                 "{} of {} replicas updated, {} available",
                 rollout.updated, rollout.wanted, rollout.available
             );
+            let (ready, ready_reason, ready_message) = match (rollout.complete, rollout.wanted) {
+                (true, 0) => (true, REASON_SCALED_TO_ZERO, progress.clone()),
+                (true, _) if pods.not_ready.is_empty() => {
+                    (true, REASON_AVAILABLE, progress.clone())
+                }
+                (true, _) => (
+                    false,
+                    pods.degraded
+                        .first()
+                        .or(pods.progressing.first())
+                        .map_or(REASON_SYNCING, |(r, _)| *r),
+                    pods.not_ready.join("; "),
+                ),
+                (false, _) => (false, REASON_NOT_AVAILABLE, progress.clone()),
+            };
             let (degraded, degraded_reason, degraded_message) = match &rollout.failure {
                 Some((reason, message)) => (true, *reason, message.clone()),
-                None => (false, REASON_AS_EXPECTED, String::new()),
+                None => match pods.degraded.first() {
+                    Some((reason, _)) => (true, *reason, messages(&pods.degraded)),
+                    None => (false, REASON_AS_EXPECTED, String::new()),
+                },
             };
+            let (progressing, progressing_reason, progressing_message) =
+                match (&rollout.failure, rollout.complete) {
+                    (Some((reason, _)), false) => (false, *reason, progress),
+                    (None, false) => (true, REASON_ROLLING_OUT, progress),
+                    (_, true) => match pods.progressing.first() {
+                        Some((reason, _)) => (true, *reason, messages(&pods.progressing)),
+                        None => (false, REASON_AVAILABLE, progress),
+                    },
+                };
             (
                 rollout.ready,
                 [
-                    condition(CONDITION_READY, ready, ready_reason, progress.clone()),
+                    condition(CONDITION_READY, ready, ready_reason, ready_message),
                     condition(
                         CONDITION_PROGRESSING,
-                        !rollout.complete && rollout.failure.is_none(),
-                        match &rollout.failure {
-                            _ if rollout.complete => REASON_AVAILABLE,
-                            Some((reason, _)) => reason,
-                            None => REASON_ROLLING_OUT,
-                        },
-                        progress,
+                        progressing,
+                        progressing_reason,
+                        progressing_message,
                     ),
                     condition(
                         CONDITION_DEGRADED,
@@ -181,7 +310,7 @@ impl Rollout {
 mod tests {
     use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use nuop_crd::Mapping;
+    use nuop_crd::{Mapping, MappingStatus, Source, SourceStatus};
 
     use super::*;
 
@@ -195,6 +324,144 @@ mod tests {
             .with_generation(4)
             .with_replicas(2)
             .with_mapping(Mapping::new("a", "v1", "ConfigMap"))
+    }
+
+    /// `operator()` with a source, as the managed pods report it.
+    fn reported(source: SourceStatus, mapping: MappingStatus) -> NuOperator {
+        operator()
+            .with_source(Source::new("https://example.com/x.git"))
+            .with_status(NuOperatorStatus {
+                sources: vec![source],
+                mappings: vec![mapping],
+                ..NuOperatorStatus::default()
+            })
+    }
+
+    fn source(revision: Option<&str>, error: Option<&str>) -> SourceStatus {
+        SourceStatus {
+            location: "https://example.com/x.git".to_string(),
+            revision: revision.map(str::to_string),
+            last_error: error.map(str::to_string),
+            ..SourceStatus::default()
+        }
+    }
+
+    fn mapping(running: bool, message: Option<&str>) -> MappingStatus {
+        MappingStatus {
+            name: "a".to_string(),
+            running,
+            message: message.map(str::to_string),
+            restarting: false,
+        }
+    }
+
+    fn available() -> Deployment {
+        deployment(
+            2,
+            DeploymentStatus {
+                observed_generation: Some(2),
+                replicas: Some(2),
+                updated_replicas: Some(2),
+                ready_replicas: Some(2),
+                available_replicas: Some(2),
+                ..DeploymentStatus::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_failing_source_is_degraded_and_names_it() {
+        // The last good revision keeps running: still Ready, but Degraded.
+        let op = reported(
+            source(Some("abc"), Some("fetch timed out after 30s")),
+            mapping(true, None),
+        );
+        let status = desired_status(&op, Observation::Applied(&available()), &at(1));
+        assert_eq!(
+            summary(&status),
+            triples(&[
+                ("Ready", "True", "Available"),
+                ("Progressing", "False", "Available"),
+                ("Degraded", "True", "SourceFailed"),
+            ])
+        );
+        assert_eq!(
+            status.condition("Degraded").map(|c| c.message.as_str()),
+            Some("spec.sources[0] (https://example.com/x.git): fetch timed out after 30s")
+        );
+        // Never fetched and failing: not Ready either.
+        let op = reported(
+            source(None, Some("refused")),
+            mapping(false, Some("no source has a good revision yet")),
+        );
+        let status = desired_status(&op, Observation::Applied(&available()), &at(1));
+        assert_eq!(
+            summary(&status),
+            triples(&[
+                ("Ready", "False", "SourceFailed"),
+                ("Progressing", "False", "Available"),
+                ("Degraded", "True", "SourceFailed"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_mapping_that_does_not_run_is_degraded_and_not_ready() {
+        let op = reported(
+            source(Some("abc"), None),
+            mapping(
+                false,
+                Some("no script named `a` in the sources (available: b)"),
+            ),
+        );
+        let status = desired_status(&op, Observation::Applied(&available()), &at(1));
+        assert_eq!(
+            summary(&status),
+            triples(&[
+                ("Ready", "False", "MappingNotRunning"),
+                ("Progressing", "False", "Available"),
+                ("Degraded", "True", "MappingNotRunning"),
+            ])
+        );
+        assert_eq!(
+            status.condition("Degraded").map(|c| c.message.as_str()),
+            Some("spec.mappings[0] (a): no script named `a` in the sources (available: b)")
+        );
+    }
+
+    #[test]
+    fn a_restarting_mapping_is_progressing() {
+        let mut restarting = mapping(true, None);
+        restarting.restarting = true;
+        let op = reported(source(Some("abc"), None), restarting);
+        let status = desired_status(&op, Observation::Applied(&available()), &at(1));
+        assert_eq!(
+            summary(&status),
+            triples(&[
+                ("Ready", "True", "Available"),
+                ("Progressing", "True", "Restarting"),
+                ("Degraded", "False", "AsExpected"),
+            ])
+        );
+    }
+
+    #[test]
+    fn nothing_reported_yet_is_progressing_not_degraded() {
+        let op = operator().with_source(Source::new("https://example.com/x.git"));
+        let status = desired_status(&op, Observation::Applied(&available()), &at(1));
+        assert_eq!(
+            summary(&status),
+            triples(&[
+                ("Ready", "False", "Syncing"),
+                ("Progressing", "True", "Syncing"),
+                ("Degraded", "False", "AsExpected"),
+            ])
+        );
+        // Entries for another location at that index are an older spec's.
+        let mut stale = reported(source(Some("abc"), None), mapping(true, None));
+        stale.spec.sources[0].location = "https://example.com/new.git".to_string();
+        let status = desired_status(&stale, Observation::Applied(&available()), &at(1));
+        assert!(!status.is_ready());
     }
 
     fn deployment(generation: i64, status: DeploymentStatus) -> Deployment {
@@ -253,6 +520,7 @@ mod tests {
 
     #[test]
     fn a_complete_rollout_is_ready() {
+        let operator = || reported(source(Some("abc"), None), mapping(true, None));
         let done = DeploymentStatus {
             observed_generation: Some(2),
             replicas: Some(2),
@@ -359,7 +627,10 @@ mod tests {
     fn an_invalid_spec_is_degraded_with_every_problem() {
         let problems = [
             Problem::DuplicateMappingName("a".to_string()),
-            Problem::SecretNotFound("git".to_string()),
+            Problem::NameConflict {
+                kind: "ConfigMap",
+                name: "nuop-x".to_string(),
+            },
         ];
         let status = desired_status(&operator(), Observation::Invalid(&problems), &at(1));
         assert_eq!(
@@ -373,7 +644,7 @@ mod tests {
         assert_eq!(
             status.condition("Degraded").map(|c| c.message.as_str()),
             Some(
-                "more than one mapping is named `a`; the Secret `git` named in the credentials does not exist"
+                "more than one mapping is named `a`; a ConfigMap named `nuop-x` already exists and is not controlled by this NuOperator; delete or rename it, the manager does not take it over"
             )
         );
     }

@@ -1,40 +1,67 @@
-//! Validation of a `NuOperator` beyond its schema. Pure: the caller looks up which of
-//! the referenced Secrets exist ([`referenced_secrets`]) and passes their names in.
+//! Validation of a `NuOperator` beyond its schema. Pure: no I/O.
 //!
-//! The CRD schema already rejects missing fields, bad numbers and half-given
-//! credentials; what is left needs the whole list (duplicate mapping names), a parse
-//! (source locations) or the cluster (Secrets). Every problem is collected, not just
-//! the first, so one status message lists them all.
+//! The CRD schema already rejects missing fields, bad numbers, half-given credentials
+//! and mapping names that are not DNS labels; what is left needs the whole list
+//! (duplicate mapping names) or a parse (source locations, with the same parser the
+//! managed pods fetch with, [`nuop_crd::location`]), so that whatever the managed pods
+//! would refuse is reported in the status by the manager, naming the field, before any
+//! pod runs. Every problem is collected, not just the first, so one status message lists
+//! them all.
+//!
+//! Secrets are not checked: the manager holds no right to read them (a `get` returns
+//! their data). A credential the managed pods cannot read is reported by them in
+//! `status.sources[].lastError`, which the manager folds into Degraded.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use nuop_crd::NuOperator;
+use nuop_crd::location;
 
 /// The longest `NuOperator` name: the name goes into label values (63 characters).
 pub const MAX_NAME_LENGTH: usize = 63;
+
+/// The longest mapping name: a DNS label.
+pub const MAX_MAPPING_NAME_LENGTH: usize = 63;
 
 /// One reason a `NuOperator` cannot be deployed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
     /// Two or more mappings share a name.
     DuplicateMappingName(String),
-    /// A source location is neither a git URL (https, http, git, file) nor an absolute path.
-    InvalidSourceLocation {
+    /// A mapping name is not a DNS label (the schema says so too; checked again for
+    /// CRs stored under an older schema).
+    InvalidMappingName {
+        /// The mapping's index in `spec.mappings`.
+        index: usize,
+        /// The name as given.
+        name: String,
+    },
+    /// A source the managed pods would refuse: bad location, ref or path.
+    InvalidSource {
         /// The source's index in `spec.sources`.
         index: usize,
-        /// The location as given.
-        location: String,
+        /// The field at fault: `location`, `ref` or `path`.
+        field: &'static str,
+        /// What is wrong (never holding a password).
+        message: String,
     },
-    /// A source location carries credentials in its URL (`https://user:pass@…`).
+    /// A source location carries credentials in its URL (`https://user:pass@…` or a
+    /// token as the user name).
     CredentialsInLocation {
         /// The source's index in `spec.sources`.
         index: usize,
     },
-    /// A credentials reference names a Secret that does not exist in the namespace.
-    SecretNotFound(String),
     /// The name is too long for the label values the children carry.
     NameTooLong(usize),
+    /// A ConfigMap or Deployment of the child's name exists and is not controlled by
+    /// this NuOperator: the manager does not take it over.
+    NameConflict {
+        /// `ConfigMap` or `Deployment`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
 }
 
 impl Problem {
@@ -42,17 +69,18 @@ impl Problem {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::DuplicateMappingName(_) => "DuplicateMappingName",
-            Self::InvalidSourceLocation { .. } => "InvalidSourceLocation",
+            Self::InvalidMappingName { .. } => "InvalidMappingName",
+            Self::InvalidSource { .. } => "InvalidSource",
             Self::CredentialsInLocation { .. } => "CredentialsInLocation",
-            Self::SecretNotFound(_) => "SecretNotFound",
             Self::NameTooLong(_) => "NameTooLong",
+            Self::NameConflict { .. } => "NameConflict",
         }
     }
 
-    /// Whether the problem can go away without a change to the `NuOperator` (a Secret
-    /// created later), so the manager should look again after a while.
+    /// Whether the problem can go away without a change to the `NuOperator` (someone
+    /// deletes the object in the way), so the manager should look again after a while.
     pub fn may_resolve_itself(&self) -> bool {
-        matches!(self, Self::SecretNotFound(_))
+        matches!(self, Self::NameConflict { .. })
     }
 }
 
@@ -62,45 +90,34 @@ impl fmt::Display for Problem {
             Self::DuplicateMappingName(name) => {
                 write!(f, "more than one mapping is named `{name}`")
             }
-            Self::InvalidSourceLocation { index, location } => write!(
+            Self::InvalidMappingName { index, name } => write!(
                 f,
-                "spec.sources[{index}].location `{location}` is neither a git URL (https, http, git, file) nor an absolute path"
+                "spec.mappings[{index}].name `{name}` is not a DNS label (lowercase letters, digits and `-`, at most {MAX_MAPPING_NAME_LENGTH} characters)"
             ),
+            Self::InvalidSource {
+                index,
+                field,
+                message,
+            } => write!(f, "spec.sources[{index}].{field}: {message}"),
             // The location itself is not repeated: it holds a secret.
             Self::CredentialsInLocation { index } => write!(
                 f,
                 "spec.sources[{index}].location carries credentials; use spec.sources[{index}].credentials with a Secret"
             ),
-            Self::SecretNotFound(name) => {
-                write!(
-                    f,
-                    "the Secret `{name}` named in the credentials does not exist"
-                )
-            }
             Self::NameTooLong(length) => write!(
                 f,
                 "the name is {length} characters long; at most {MAX_NAME_LENGTH} fit in a label"
+            ),
+            Self::NameConflict { kind, name } => write!(
+                f,
+                "a {kind} named `{name}` already exists and is not controlled by this NuOperator; delete or rename it, the manager does not take it over"
             ),
         }
     }
 }
 
-/// The names of every Secret the sources' credentials refer to, sorted, each once.
-pub fn referenced_secrets(operator: &NuOperator) -> BTreeSet<String> {
-    operator
-        .spec
-        .sources
-        .iter()
-        .filter_map(|s| s.credentials.as_ref())
-        .flat_map(|c| [&c.username, &c.password, &c.token])
-        .flatten()
-        .map(|r| r.name.clone())
-        .collect()
-}
-
-/// Every problem of `operator`, given the names of the referenced Secrets that exist.
-/// Empty when it can be deployed.
-pub fn validate(operator: &NuOperator, existing_secrets: &BTreeSet<String>) -> Vec<Problem> {
+/// Every problem of `operator` the spec alone shows. Empty when it can be deployed.
+pub fn validate(operator: &NuOperator) -> Vec<Problem> {
     let mut problems = Vec::new();
     let name_length = operator.metadata.name.as_deref().map_or(0, str::len);
     if name_length > MAX_NAME_LENGTH {
@@ -108,88 +125,60 @@ pub fn validate(operator: &NuOperator, existing_secrets: &BTreeSet<String>) -> V
     }
     let mut seen = BTreeSet::new();
     let mut reported = BTreeSet::new();
-    for mapping in &operator.spec.mappings {
+    for (index, mapping) in operator.spec.mappings.iter().enumerate() {
+        if !is_dns_label(&mapping.name) {
+            problems.push(Problem::InvalidMappingName {
+                index,
+                name: mapping.name.clone(),
+            });
+        }
         if !seen.insert(mapping.name.as_str()) && reported.insert(mapping.name.as_str()) {
             problems.push(Problem::DuplicateMappingName(mapping.name.clone()));
         }
     }
     for (index, source) in operator.spec.sources.iter().enumerate() {
-        match check_location(&source.location) {
-            Location::Valid => {}
-            Location::Invalid => problems.push(Problem::InvalidSourceLocation {
-                index,
-                location: source.location.clone(),
-            }),
-            Location::WithCredentials => problems.push(Problem::CredentialsInLocation { index }),
+        if has_userinfo(&source.location) {
+            problems.push(Problem::CredentialsInLocation { index });
+            continue;
         }
-    }
-    for name in referenced_secrets(operator) {
-        if !existing_secrets.contains(&name) {
-            problems.push(Problem::SecretNotFound(name));
+        if let Err(e) = location::parse(
+            &source.location,
+            source.git_ref.as_deref(),
+            source.path.as_deref(),
+        ) {
+            problems.push(Problem::InvalidSource {
+                index,
+                field: e.field(),
+                message: e.to_string(),
+            });
         }
     }
     problems
 }
 
-enum Location {
-    Valid,
-    Invalid,
-    WithCredentials,
+/// Whether `name` is an RFC 1123 DNS label: what a controller name must be.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_MAPPING_NAME_LENGTH
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
-/// Accepts `scheme://host[:port]/path` for https, http and git, `file:///abs/path`, and an
-/// absolute path: the transports `nuop-managed` fetches over. Anything with whitespace or control characters is invalid.
-fn check_location(location: &str) -> Location {
-    if location.is_empty()
-        || location
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Location::Invalid;
-    }
-    if location.starts_with('/') {
-        return Location::Valid;
-    }
-    let Some((scheme, rest)) = location.split_once("://") else {
-        return Location::Invalid;
-    };
-    match scheme.to_ascii_lowercase().as_str() {
-        "file" => {
-            if rest.starts_with('/') {
-                Location::Valid
-            } else {
-                Location::Invalid
-            }
-        }
-        "https" | "http" | "git" => {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            let (userinfo, host_port) = match authority.rsplit_once('@') {
-                Some((userinfo, host_port)) => (Some(userinfo), host_port),
-                None => (None, authority),
-            };
-            let host = host_port
-                .rsplit_once(':')
-                .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-                .map_or(host_port, |(host, _)| host);
-            let host_ok = !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
-            if !host_ok {
-                Location::Invalid
-            } else if userinfo.is_some() {
-                Location::WithCredentials
-            } else {
-                Location::Valid
-            }
-        }
-        _ => Location::Invalid,
-    }
+/// Whether a URL's authority carries user information (`user@`, `user:pass@`): a user
+/// name alone is often a token.
+fn has_userinfo(location: &str) -> bool {
+    location
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or_default())
+        .is_some_and(|authority| authority.contains('@'))
 }
 
 #[cfg(test)]
 mod tests {
-    use nuop_crd::{Mapping, SecretKeyRef, Source};
+    use nuop_crd::{Mapping, Source};
 
     use super::*;
 
@@ -200,14 +189,10 @@ mod tests {
             .with_mapping(Mapping::new("a", "v1", "ConfigMap"))
     }
 
-    fn none() -> BTreeSet<String> {
-        BTreeSet::new()
-    }
-
     #[test]
     fn a_plain_operator_is_valid() {
         let op = operator().with_source(Source::new("https://github.com/nuop-dev/nuop.git"));
-        assert_eq!(validate(&op, &none()), []);
+        assert_eq!(validate(&op), []);
     }
 
     #[test]
@@ -216,7 +201,7 @@ mod tests {
             .with_mapping(Mapping::new("a", "v1", "Secret"))
             .with_mapping(Mapping::new("a", "v1", "Pod"))
             .with_mapping(Mapping::new("b", "v1", "Pod"));
-        let problems = validate(&op, &none());
+        let problems = validate(&op);
         assert_eq!(problems, [Problem::DuplicateMappingName("a".to_string())]);
         assert_eq!(problems[0].reason(), "DuplicateMappingName");
         assert_eq!(
@@ -226,7 +211,31 @@ mod tests {
     }
 
     #[test]
-    fn locations() {
+    fn mapping_names_must_be_dns_labels() {
+        let op = operator()
+            .with_mapping(Mapping::new("Config_Replicator", "v1", "ConfigMap"))
+            .with_mapping(Mapping::new("x".repeat(124), "v1", "ConfigMap"));
+        let problems = validate(&op);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].reason(), "InvalidMappingName");
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("spec.mappings[1].name `Config_Replicator`"),
+            "{}",
+            problems[0]
+        );
+        assert!(problems[1].to_string().starts_with("spec.mappings[2].name"));
+        for good in ["a", "config-replicator", "x1", &"a".repeat(63)] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn locations_the_managed_pods_would_refuse_are_reported_with_the_field() {
         let valid = [
             "https://github.com/nuop-dev/nuop.git",
             "http://git.internal:8080/scripts",
@@ -235,15 +244,13 @@ mod tests {
             "/srv/git/scripts",
             "HTTPS://example.com/x",
             "https://[::1]:8443/x.git",
+            "https://host/repo.git?ref=main&dir=scripts",
         ];
         for location in valid {
-            assert!(
-                matches!(check_location(location), Location::Valid),
-                "{location} should be valid"
-            );
+            let op = operator().with_source(Source::new(location));
+            assert_eq!(validate(&op), [], "{location} should be valid");
         }
         let invalid = [
-            "",
             "scripts",
             "./scripts",
             "github.com/nuop-dev/nuop",
@@ -254,73 +261,80 @@ mod tests {
             "https://exa mple.com/x",
             "git@github.com:nuop-dev/nuop.git",
             "ssh://git@github.com/nuop-dev/nuop.git",
+            "https://example.com/x.git?depth=1",
         ];
         for location in invalid {
+            let op = operator().with_source(Source::new(location));
+            let problems = validate(&op);
             assert!(
-                matches!(check_location(location), Location::Invalid),
-                "{location} should be invalid"
+                matches!(
+                    problems.as_slice(),
+                    [Problem::InvalidSource {
+                        index: 0,
+                        field: "location",
+                        ..
+                    }] | [Problem::CredentialsInLocation { index: 0 }]
+                ),
+                "{location}: {problems:?}"
             );
         }
-        for location in [
-            "https://user:pass@example.com/x.git",
-            "https://token@example.com/x.git",
-            "http://user@example.com/x.git",
-        ] {
-            assert!(
-                matches!(check_location(location), Location::WithCredentials),
-                "{location} carries credentials"
-            );
-        }
+    }
+
+    #[test]
+    fn an_original_nuop_source_is_valid() {
+        let op = operator().with_source(
+            Source::new("https://host/repo.git?ref=main&dir=scripts").at_path("/scripts/example"),
+        );
+        assert_eq!(validate(&op), []);
+    }
+
+    #[test]
+    fn a_ref_or_path_the_pods_would_refuse_names_its_field() {
+        let op = operator()
+            .with_source(Source::new("https://example.com/a.git?dir=x").at_path("y"))
+            .with_source(Source::new("https://example.com/b.git").at_path("../up"));
+        let problems = validate(&op);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].to_string().starts_with("spec.sources[0].path:"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].to_string().starts_with("spec.sources[1].path:"),
+            "{}",
+            problems[1]
+        );
     }
 
     #[test]
     fn a_location_with_credentials_is_not_echoed() {
-        let op = operator().with_source(Source::new("https://me:hunter2@example.com/x.git"));
-        let problems = validate(&op, &none());
-        assert_eq!(problems, [Problem::CredentialsInLocation { index: 0 }]);
-        assert!(!problems[0].to_string().contains("hunter2"));
-    }
-
-    #[test]
-    fn an_invalid_location_names_its_index() {
-        let op = operator()
-            .with_source(Source::new("https://example.com/ok.git"))
-            .with_source(Source::new("scripts/"));
-        let problems = validate(&op, &none());
-        assert_eq!(problems[0].reason(), "InvalidSourceLocation");
-        assert!(
-            problems[0]
-                .to_string()
-                .starts_with("spec.sources[1].location `scripts/`")
-        );
-    }
-
-    #[test]
-    fn missing_secrets_are_reported_and_may_resolve() {
-        let op = operator()
-            .with_source(Source::new("https://example.com/a.git").with_basic_auth(
-                SecretKeyRef::new("git", "user"),
-                SecretKeyRef::new("git", "pass"),
-            ))
-            .with_source(
-                Source::new("https://example.com/b.git")
-                    .with_token(SecretKeyRef::new("token", "t")),
-            );
-        assert_eq!(
-            referenced_secrets(&op).into_iter().collect::<Vec<_>>(),
-            ["git", "token"]
-        );
-        let problems = validate(&op, &BTreeSet::from(["git".to_string()]));
-        assert_eq!(problems, [Problem::SecretNotFound("token".to_string())]);
-        assert!(problems[0].may_resolve_itself());
-        let all: BTreeSet<String> = ["git", "token"].map(String::from).into();
-        assert_eq!(validate(&op, &all), []);
+        for location in [
+            "https://me:hunter2@example.com/x.git",
+            "https://hunter2@example.com/x.git",
+        ] {
+            let op = operator().with_source(Source::new(location));
+            let problems = validate(&op);
+            assert_eq!(problems, [Problem::CredentialsInLocation { index: 0 }]);
+            assert!(!problems[0].to_string().contains("hunter2"));
+        }
     }
 
     #[test]
     fn a_long_name_is_reported() {
         let op = operator().named("x".repeat(64));
-        assert_eq!(validate(&op, &none()), [Problem::NameTooLong(64)]);
+        assert_eq!(validate(&op), [Problem::NameTooLong(64)]);
         assert!(!Problem::NameTooLong(64).may_resolve_itself());
+    }
+
+    #[test]
+    fn a_name_conflict_may_resolve_itself() {
+        let problem = Problem::NameConflict {
+            kind: "ConfigMap",
+            name: "nuop-ops".to_string(),
+        };
+        assert_eq!(problem.reason(), "NameConflict");
+        assert!(problem.may_resolve_itself());
+        assert!(problem.to_string().contains("ConfigMap named `nuop-ops`"));
     }
 }

@@ -3,7 +3,6 @@
 //! binary serves and a locked-down security context, and `config/default` deploys the
 //! CRD, RBAC and manager but not the ServiceMonitor. Pure: reads files only.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -41,10 +40,7 @@ fn the_sample_is_a_valid_nuoperator_running_config_replicator() {
     .expect("the sample deserializes as a NuOperator");
     let mut sample = sample;
     sample.metadata.namespace = Some("tenant-a".to_string());
-    assert_eq!(
-        nuop_manager::validate::validate(&sample, &BTreeSet::new()),
-        []
-    );
+    assert_eq!(nuop_manager::validate::validate(&sample), []);
     assert_eq!(sample.spec.mappings[0].name, "config-replicator");
     assert!(sample.spec.sources[0].location.starts_with("https://"));
     assert!(sample.spec.service_account_name.is_some());

@@ -305,32 +305,96 @@ async fn duplicate_mapping_names_degrade_without_a_deployment() {
 }
 
 #[tokio::test]
-async fn a_missing_secret_degrades_until_it_exists() {
-    let (env, _manager) = setup("manager-secret").await;
+async fn a_same_named_configmap_is_not_taken_over() {
+    let (env, _manager) = setup("manager-name-conflict").await;
+    let config_maps: Api<ConfigMap> = env.api();
+    // A tenant's own ConfigMap that happens to carry the child's name.
+    let theirs = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("nuop-squatted".to_string()),
+            ..Default::default()
+        },
+        data: Some([("mine".to_string(), "keep".to_string())].into()),
+        ..Default::default()
+    };
+    config_maps
+        .create(&PostParams::default(), &theirs)
+        .await
+        .expect("created");
     let operators: Api<NuOperator> = env.api();
-    let op = NuOperator::test()
-        .named("private")
-        .with_source(
-            Source::new("https://git.example.com/private.git")
-                .with_token(nuop_crd::SecretKeyRef::new("git-token", "token")),
-        )
-        .with_mapping(Mapping::new("config-replicator", "v1", "ConfigMap"));
-    create(&operators, &op).await;
-    let degraded = status_where(&operators, "private", "status Degraded", |_, s| {
-        condition(s, "Degraded") == Some(("True".into(), "SecretNotFound".into()))
-    })
+    create(&operators, &sample("squatted")).await;
+    let op = status_where(
+        &operators,
+        "squatted",
+        "status Degraded NameConflict",
+        |_, s| condition(s, "Degraded") == Some(("True".into(), "NameConflict".into())),
+    )
     .await;
-    let message = degraded
+    let message = &op
         .status
         .as_ref()
         .and_then(|s| s.condition("Degraded"))
-        .map(|c| c.message.clone())
-        .unwrap_or_default();
-    assert!(message.contains("git-token"), "{message}");
+        .expect("Degraded")
+        .message;
+    assert!(
+        message.contains("ConfigMap named `nuop-squatted`"),
+        "{message}"
+    );
+    let after = config_maps.get("nuop-squatted").await.expect("still there");
+    assert_eq!(after.data, theirs.data, "its data is untouched");
+    assert!(after.metadata.owner_references.is_none(), "no owner added");
     let deployments: Api<Deployment> = env.api();
     assert!(
         deployments
-            .get_opt("nuop-private")
+            .get_opt("nuop-squatted")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_original_nuop_source_is_accepted_and_a_bad_one_named_in_the_status() {
+    let (env, _manager) = setup("manager-original-source").await;
+    service_account(&env, "replicator").await;
+    let operators: Api<NuOperator> = env.api();
+    let original = NuOperator::test()
+        .named("original")
+        .with_service_account("replicator")
+        .with_source(
+            Source::new("https://host/repo.git?ref=main&dir=scripts").at_path("/scripts/example"),
+        )
+        .with_mapping(Mapping::new("example", "v1", "ConfigMap"));
+    create(&operators, &original).await;
+    let deployments: Api<Deployment> = env.api();
+    eventually("the Deployment of the original-style CR", LIMIT, || async {
+        deployments.get_opt("nuop-original").await.expect("get")
+    })
+    .await;
+
+    // What the managed pods would refuse is reported by the manager, naming the field.
+    let conflicting = NuOperator::test()
+        .named("conflicting")
+        .with_source(Source::new("https://host/repo.git?ref=main").at_ref("v2"))
+        .with_mapping(Mapping::new("example", "v1", "ConfigMap"));
+    create(&operators, &conflicting).await;
+    let op = status_where(
+        &operators,
+        "conflicting",
+        "status Degraded InvalidSource",
+        |_, s| condition(s, "Degraded") == Some(("True".into(), "InvalidSource".into())),
+    )
+    .await;
+    let message = &op
+        .status
+        .as_ref()
+        .and_then(|s| s.condition("Degraded"))
+        .expect("Degraded")
+        .message;
+    assert!(message.starts_with("spec.sources[0].ref:"), "{message}");
+    assert!(
+        deployments
+            .get_opt("nuop-conflicting")
             .await
             .expect("get")
             .is_none()

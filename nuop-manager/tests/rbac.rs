@@ -29,6 +29,31 @@ fn manager_role() -> ClusterRole {
         .unwrap_or_else(|e| panic!("{} is not a ClusterRole: {e}", path.display()))
 }
 
+/// The verbs that return a Secret's data to whoever holds them: `get`, `list` and
+/// `watch` (and `*`). A metadata-only request needs the same verbs, so there is no
+/// "existence check only" right.
+const DATA_READING_VERBS: [&str; 4] = ["get", "list", "watch", "*"];
+
+/// Why `rule` lets its holder read Secret data, if it does.
+fn reads_secret_data(rule: &k8s_openapi::api::rbac::v1::PolicyRule) -> Option<String> {
+    let core = rule
+        .api_groups
+        .iter()
+        .flatten()
+        .any(|g| g.is_empty() || g == "*");
+    let secrets = rule
+        .resources
+        .iter()
+        .flatten()
+        .any(|r| r == "secrets" || r == "*");
+    let verbs: Vec<&String> = rule
+        .verbs
+        .iter()
+        .filter(|v| DATA_READING_VERBS.contains(&v.as_str()))
+        .collect();
+    (core && secrets && !verbs.is_empty()).then(|| format!("{verbs:?} on secrets: {rule:?}"))
+}
+
 #[test]
 fn the_manager_role_grants_no_rbac_and_reads_no_secret_data() {
     let role = manager_role();
@@ -38,9 +63,8 @@ fn the_manager_role_grants_no_rbac_and_reads_no_secret_data() {
             !groups.iter().any(|g| g == "rbac.authorization.k8s.io"),
             "the manager must never create RBAC: {rule:?}"
         );
-        let resources = rule.resources.clone().unwrap_or_default();
-        if resources.iter().any(|r| r == "secrets") {
-            assert_eq!(rule.verbs, ["get"], "secrets: existence checks only");
+        if let Some(why) = reads_secret_data(rule) {
+            panic!("the manager must hold no right that returns Secret data: {why}");
         }
         assert!(
             !rule.verbs.iter().any(|v| v == "*"),
@@ -49,8 +73,38 @@ fn the_manager_role_grants_no_rbac_and_reads_no_secret_data() {
     }
 }
 
+#[test]
+fn a_secrets_rule_that_returns_data_is_caught() {
+    // The check above must fail for the rule the manager used to hold, and for its
+    // list/watch and wildcard cousins.
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| {
+        k8s_openapi::api::rbac::v1::PolicyRule {
+            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    };
+    for verbs in [
+        &["get"][..],
+        &["list"],
+        &["watch"],
+        &["*"],
+        &["create", "get"],
+    ] {
+        assert!(
+            reads_secret_data(&rule(&[""], &["secrets"], verbs)).is_some(),
+            "{verbs:?}"
+        );
+    }
+    assert!(reads_secret_data(&rule(&["*"], &["*"], &["get"])).is_some());
+    assert!(reads_secret_data(&rule(&[""], &["configmaps"], &["get"])).is_none());
+    assert!(reads_secret_data(&rule(&[""], &["secrets"], &["create"])).is_none());
+}
+
 /// A client for the control plane that acts as `user`.
 async fn client_as(user: &str) -> Client {
+    nuop_core::install_crypto_provider();
     let path = kubeconfig_path();
     let kubeconfig = Kubeconfig::read_from(&path).expect("a kubeconfig");
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -149,8 +203,6 @@ async fn the_manager_works_with_exactly_its_role() {
     )
     .await;
 
-    // The credentials check reads a Secret's metadata: a missing one is reported, which
-    // needs `get` on secrets to tell "missing" from "forbidden".
     let operators: Api<NuOperator> = env.api();
     let op = NuOperator::test()
         .named("replicator")
@@ -185,21 +237,23 @@ async fn the_manager_works_with_exactly_its_role() {
     )
     .await;
 
-    // The Secret lookup (metadata GET) and the Warning Event, as the ServiceAccount.
-    let private = NuOperator::test()
-        .named("private")
+    // The Warning Event of an invalid NuOperator, as the ServiceAccount; a credential
+    // reference is passed on without the manager reading any Secret.
+    let invalid = NuOperator::test()
+        .named("invalid")
         .with_source(
-            Source::new("https://git.example.com/private.git")
+            Source::new("https://git.example.com/private.git?dir=a")
+                .at_path("b")
                 .with_token(nuop_crd::SecretKeyRef::new("git-token", "token")),
         )
         .with_mapping(Mapping::new("config-replicator", "v1", "ConfigMap"));
     operators
-        .create(&PostParams::default(), &private)
+        .create(&PostParams::default(), &invalid)
         .await
         .expect("created");
     let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
     eventually(
-        "a SecretNotFound Event, published as the ServiceAccount",
+        "an InvalidSource Event, published as the ServiceAccount",
         LIMIT,
         || async {
             events
@@ -208,7 +262,7 @@ async fn the_manager_works_with_exactly_its_role() {
                 .expect("list events")
                 .items
                 .into_iter()
-                .find(|e| e.reason.as_deref() == Some("SecretNotFound"))
+                .find(|e| e.reason.as_deref() == Some("InvalidSource"))
         },
     )
     .await;

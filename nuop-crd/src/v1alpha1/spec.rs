@@ -145,8 +145,10 @@ pub struct Source {
     #[schemars(length(min = 1, max = 2048))]
     pub location: String,
 
-    /// Subdirectory of the repository holding the script directories; the root when
-    /// absent.
+    /// Subdirectory of the repository holding the script directories (relative, like
+    /// `?dir=` in the location); the root when absent. An absolute path is where the
+    /// original nuop placed the source: accepted and ignored, nuop places checkouts
+    /// itself and `?dir=` in the location selects the subdirectory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub path: Option<String>,
@@ -212,8 +214,14 @@ pub struct SecretKeyRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Mapping {
-    /// The script's name (its directory and the name its `config` returns).
-    #[schemars(length(min = 1, max = 253))]
+    /// The script's name (its directory and the name its `config` returns), also the
+    /// controller's name: a DNS label (lowercase letters, digits and `-`, at most 63
+    /// characters), because it becomes a field manager, an Event reporter and a metric
+    /// label.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// API group of the watched kind; `""` for the core group.

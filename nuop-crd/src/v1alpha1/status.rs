@@ -1,25 +1,36 @@
-//! The `NuOperator` status, written by the manager (conditions, replicas) and by the
-//! managed pods (sources, mappings), and the condition types it uses. Pure data.
+//! The `NuOperator` status and the condition types it uses. Pure data.
+//!
+//! Each field has one writer, each under its own server-side apply field manager:
+//! - the manager (`nuop-manager`): `conditions` (all three), `observedGeneration`,
+//!   `readyReplicas`. It derives the conditions from the Deployment's rollout *and* from
+//!   what the managed pods report in `sources` and `mappings`;
+//! - the managed pods (`nuop-managed`): `sources` and `mappings`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Condition type: every mapping's controller runs and the Deployment is available.
+/// Condition type, written by the manager: the Deployment is available, every source
+/// has a revision in use and every mapping's controller runs (with no replicas asked
+/// for: `True`, reason `ScaledToZero`).
 pub const CONDITION_READY: &str = "Ready";
 
-/// Condition type: the Deployment is rolling out a new spec or new scripts.
+/// Condition type, written by the manager: the Deployment is rolling out a new spec, the
+/// managed pods have not yet reported every source and mapping, or a mapping's
+/// controller is restarting for a new revision of its scripts.
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 
-/// Condition type: something needs attention (a failed fetch, a script that does not
-/// load, a Deployment that cannot become available); the message says what.
+/// Condition type, written by the manager: something needs attention; the reason and
+/// the message say what, naming the field: an invalid spec, a child that is not ours, a
+/// source whose last fetch or load failed (`status.sources[].lastError`), a mapping that
+/// does not run (`status.mappings[].message`), a Deployment that cannot become available.
 pub const CONDITION_DEGRADED: &str = "Degraded";
 
 /// What the manager and the managed pods last observed of a `NuOperator`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NuOperatorStatus {
-    /// Ready, Progressing and Degraded, one entry per type.
+    /// Ready, Progressing and Degraded, one entry per type (written by the manager).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -32,11 +43,11 @@ pub struct NuOperatorStatus {
     #[serde(default)]
     pub ready_replicas: i32,
 
-    /// One entry per source, in spec order.
+    /// One entry per source, in spec order (written by the managed pods).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceStatus>,
 
-    /// One entry per mapping, in spec order.
+    /// One entry per mapping, in spec order (written by the managed pods).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub mappings: Vec<MappingStatus>,
@@ -76,6 +87,11 @@ pub struct MappingStatus {
     /// Why it does not run (no such script, a `config` that fails), or a short note.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// Whether its controller is being restarted for a new revision of its script (the
+    /// old one is finishing its in-flight reconciles).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restarting: bool,
 }
 
 impl NuOperatorStatus {

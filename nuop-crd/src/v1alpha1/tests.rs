@@ -362,6 +362,7 @@ fn status_uses_camel_case() {
             name: "s".to_string(),
             running: true,
             message: None,
+            restarting: false,
         }],
         ..NuOperatorStatus::default()
     };

@@ -140,6 +140,8 @@ pub fn free_port() -> u16 {
 /// server) that, given a token, demands basic authentication with it as the password
 /// (any user name). Stops when dropped.
 pub struct HttpGit {
+    /// The address it listens on.
+    pub ip: String,
     /// Its port.
     pub port: u16,
     /// Requests refused for want of the right credentials.
@@ -161,7 +163,36 @@ impl HttpGit {
         Self::start(base, token, Some(tls)).await
     }
 
+    /// Like [`HttpGit::serve_tls`], listening on `ip` (another loopback address is
+    /// another host).
+    pub async fn serve_tls_on(ip: &str, base: &Path, token: Option<&str>, tls: &Tls) -> Self {
+        Self::start_on(ip, base, token, Some(tls), None).await
+    }
+
+    /// An https server on 127.0.0.1 that answers every request with a redirect to the
+    /// same path and query under `target` (e.g. `https://127.0.0.2:PORT`).
+    pub async fn redirect_tls(target: &str, tls: &Tls) -> Self {
+        Self::start_on(
+            "127.0.0.1",
+            &std::env::temp_dir(),
+            None,
+            Some(tls),
+            Some(target),
+        )
+        .await
+    }
+
     async fn start(base: &Path, token: Option<&str>, tls: Option<&Tls>) -> Self {
+        Self::start_on("127.0.0.1", base, token, tls, None).await
+    }
+
+    async fn start_on(
+        ip: &str,
+        base: &Path,
+        token: Option<&str>,
+        tls: Option<&Tls>,
+        redirect: Option<&str>,
+    ) -> Self {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -174,11 +205,21 @@ impl HttpGit {
             token.map(str::to_string),
             refused.clone(),
             served.clone(),
+            redirect.map(str::to_string),
         ));
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let state = state.clone();
             async move {
-                let (backend, base, token, refused, served) = &*state;
+                let (backend, base, token, refused, served, redirect) = &*state;
+                if let Some(target) = redirect {
+                    served.fetch_add(1, Ordering::SeqCst);
+                    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                    return axum::response::Response::builder()
+                        .status(302)
+                        .header("Location", format!("{target}{path}"))
+                        .body(axum::body::Body::empty())
+                        .expect("response");
+                }
                 let authorized = token.is_none()
                     || request
                         .headers()
@@ -203,9 +244,9 @@ impl HttpGit {
                 cgi(backend, base, request).await
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
-            .expect("bind");
+            .unwrap_or_else(|e| panic!("cannot listen on {ip}: {e}"));
         let port = listener.local_addr().expect("addr").port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async move {
@@ -232,6 +273,7 @@ impl HttpGit {
             }
         }
         Self {
+            ip: ip.to_string(),
             port,
             refused,
             served,
@@ -246,7 +288,7 @@ impl HttpGit {
 
     /// `https://` URL of the repository `name` (for a server started with TLS).
     pub fn https_url(&self, name: &str) -> String {
-        format!("https://127.0.0.1:{}/{name}", self.port)
+        format!("https://{}:{}/{name}", self.ip, self.port)
     }
 }
 
@@ -357,8 +399,10 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Makes the CA and the certificate.
+    /// Makes the CA and the certificate, and installs the process's rustls provider
+    /// (the https client of the test that uses them needs it).
     pub fn new() -> Self {
+        nuop_core::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let openssl = |args: &[&str]| {
             let output = Command::new("openssl")
@@ -374,7 +418,7 @@ impl Tls {
         };
         std::fs::write(
             dir.path().join("leaf.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName=IP:127.0.0.1,IP:127.0.0.2\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
         )
         .expect("write ext");
         openssl(&[

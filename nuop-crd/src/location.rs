@@ -1,11 +1,22 @@
 //! Where a source's scripts live: the repository URL, the ref and the subdirectory.
 //! Pure: no I/O.
 //!
-//! A [`Source`](nuop_crd::Source) names them in its own fields (`location`, `ref`,
+//! A [`Source`](crate::Source) names them in its own fields (`location`, `ref`,
 //! `path`), or, as the original nuop did, in the location's query:
 //! `https://git.example.com/scripts.git?ref=main&dir=controllers`. Both are accepted;
 //! when both name a ref (or a directory) they must agree. A password in the URL is
 //! refused without echoing it: credentials belong in Secrets.
+//!
+//! `path` means two things, told apart by its form:
+//! - relative (`controllers`): the subdirectory holding the script directories, like
+//!   `dir` in the query;
+//! - absolute (`/scripts/example`): where the original nuop placed the checkout in its
+//!   pod. nuop places checkouts itself, so such a `path` is accepted and ignored, and
+//!   `dir` alone selects the subdirectory (test
+//!   `tests::an_original_nuop_source_with_an_absolute_path_is_accepted`).
+//!
+//! The manager (`nuop-manager`) validates with this same parser, so a location the
+//! managed pods would refuse is reported in the NuOperator's status before any pod runs.
 
 use std::fmt;
 use std::path::{Component, Path};
@@ -51,11 +62,34 @@ pub enum LocationError {
         field_value: String,
     },
     /// The ref is empty or unsafe.
-    #[error("invalid ref `{0}`")]
-    Ref(String),
-    /// The directory escapes the repository or is absolute.
-    #[error("invalid dir `{0}`: it must be a relative path inside the repository")]
-    Dir(String),
+    #[error("invalid ref `{value}`")]
+    Ref {
+        /// The ref as given.
+        value: String,
+        /// Where it was given: `ref` (the source's field) or `location` (the query).
+        field: &'static str,
+    },
+    /// The directory escapes the repository.
+    #[error("invalid dir `{value}`: it must be a relative path inside the repository")]
+    Dir {
+        /// The directory as given.
+        value: String,
+        /// Where it was given: `path` (the source's field) or `location` (the query).
+        field: &'static str,
+    },
+}
+
+impl LocationError {
+    /// The field of a [`Source`](crate::Source) the problem is in: `location`, `ref`
+    /// or `path`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Scheme(_) | Self::Password(_) | Self::Parameter(_) => "location",
+            Self::Conflict { field: "ref", .. } => "ref",
+            Self::Conflict { .. } => "path",
+            Self::Ref { field, .. } | Self::Dir { field, .. } => field,
+        }
+    }
 }
 
 impl fmt::Display for Location {
@@ -99,11 +133,26 @@ pub fn parse(
             other => return Err(LocationError::Parameter(other.to_string())),
         }
     }
-    let git_ref = merge("ref", query_ref, git_ref.map(str::to_string))?
-        .map(|r| validate_ref(&r))
+    let field_ref = git_ref.map(str::to_string);
+    let ref_field = if field_ref.is_some() {
+        "ref"
+    } else {
+        "location"
+    };
+    let git_ref = merge("ref", query_ref, field_ref)?
+        .map(|r| validate_ref(&r, ref_field))
         .transpose()?;
-    let dir = merge("dir", query_dir, path.map(str::to_string))?
-        .map(|d| validate_dir(&d))
+    // An absolute `path` is the original nuop's placement of the checkout (module docs).
+    let field_dir = path
+        .filter(|p| !p.trim().starts_with('/'))
+        .map(str::to_string);
+    let dir_field = if field_dir.is_some() {
+        "path"
+    } else {
+        "location"
+    };
+    let dir = merge("dir", query_dir, field_dir)?
+        .map(|d| validate_dir(&d, dir_field))
         .transpose()?
         .flatten();
     Ok(Location { url, git_ref, dir })
@@ -121,15 +170,38 @@ fn normalize_url(base: &str) -> Result<String, LocationError> {
         return Err(LocationError::Scheme(redact(base)));
     }
     let authority = rest.split('/').next().unwrap_or_default();
-    if let Some((userinfo, host)) = authority.rsplit_once('@')
-        && userinfo.contains(':')
-    {
+    let (userinfo, host_port) = match authority.rsplit_once('@') {
+        Some((userinfo, host_port)) => (Some(userinfo), host_port),
+        None => (None, authority),
+    };
+    if let Some((_, host)) = userinfo.filter(|u| u.contains(':')).zip(Some(host_port)) {
         return Err(LocationError::Password(host.to_string()));
     }
-    if scheme != "file" && authority.is_empty() {
+    let usable = if scheme == "file" {
+        // file:///abs/path only: a host would be read as the first path component.
+        authority.is_empty()
+    } else {
+        valid_host(host_port)
+    };
+    if !usable || base.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(LocationError::Scheme(redact(base)));
     }
     Ok(format!("{scheme}://{rest}"))
+}
+
+/// `host[:port]` with a DNS name, an IPv4 address or a bracketed IPv6 address.
+fn valid_host(host_port: &str) -> bool {
+    let host = host_port
+        .rsplit_once(':')
+        .filter(|(host, port)| {
+            port.chars().all(|c| c.is_ascii_digit())
+                && (!host.starts_with('[') || host.ends_with(']'))
+        })
+        .map_or(host_port, |(host, _)| host);
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
 }
 
 /// The location with any user information replaced by `***`, for messages.
@@ -162,7 +234,7 @@ fn merge(
     }
 }
 
-fn validate_ref(r: &str) -> Result<String, LocationError> {
+fn validate_ref(r: &str, field: &'static str) -> Result<String, LocationError> {
     let r = r.trim();
     let bad = r.is_empty()
         || r.starts_with('-')
@@ -170,24 +242,31 @@ fn validate_ref(r: &str) -> Result<String, LocationError> {
         || r.chars().any(|c| c.is_whitespace() || c.is_control())
         || r.contains(['~', '^', ':', '?', '*', '[', '\\']);
     if bad {
-        Err(LocationError::Ref(r.to_string()))
+        Err(LocationError::Ref {
+            value: r.to_string(),
+            field,
+        })
     } else {
         Ok(r.to_string())
     }
 }
 
 /// `None` for the repository root (`""`, `.`, `/`).
-fn validate_dir(d: &str) -> Result<Option<String>, LocationError> {
+fn validate_dir(d: &str, field: &'static str) -> Result<Option<String>, LocationError> {
+    let invalid = || LocationError::Dir {
+        value: d.to_string(),
+        field,
+    };
     let trimmed = d.trim().trim_end_matches('/');
     if trimmed.starts_with('/') {
-        return Err(LocationError::Dir(d.to_string()));
+        return Err(invalid());
     }
     let mut parts = Vec::new();
     for component in Path::new(trimmed).components() {
         match component {
             Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
             Component::CurDir => {}
-            _ => return Err(LocationError::Dir(d.to_string())),
+            _ => return Err(invalid()),
         }
     }
     Ok((!parts.is_empty()).then(|| parts.join("/")))
@@ -249,6 +328,31 @@ mod tests {
     }
 
     #[test]
+    fn an_original_nuop_source_with_an_absolute_path_is_accepted() {
+        // In the original nuop, `path` is where the source is placed and `dir` (in the
+        // query) selects the subdirectory.
+        assert_eq!(
+            parse(
+                "https://host/repo.git?ref=main&dir=scripts",
+                None,
+                Some("/scripts/example")
+            ),
+            Ok(loc("https://host/repo.git", Some("main"), Some("scripts")))
+        );
+        assert_eq!(
+            parse("https://host/repo.git", None, Some("/scripts/example")),
+            Ok(loc("https://host/repo.git", None, None))
+        );
+        // A relative path is still the subdirectory, and must agree with `dir`.
+        assert_eq!(
+            parse("https://host/repo.git?dir=scripts", None, Some("other"))
+                .expect_err("conflict")
+                .field(),
+            "path"
+        );
+    }
+
+    #[test]
     fn fields_and_query_merge_and_must_agree() {
         assert_eq!(
             parse("file:///srv/r.git?ref=v1", Some("v1"), Some("ctl")),
@@ -274,22 +378,41 @@ mod tests {
             parse("git@host:r.git", None, None),
             Err(LocationError::Scheme(_))
         ));
+        for bad in [
+            "https://",
+            "https:///x",
+            "file://relative/path",
+            "https://exa mple.com/x",
+        ] {
+            assert!(
+                matches!(parse(bad, None, None), Err(LocationError::Scheme(_))),
+                "{bad}"
+            );
+        }
+        assert!(parse("https://[::1]:8443/x.git", None, None).is_ok());
         assert!(matches!(
             parse("https://x/r.git?depth=1", None, None),
             Err(LocationError::Parameter(_))
         ));
-        assert!(matches!(
-            parse("https://x/r.git", None, Some("../etc")),
-            Err(LocationError::Dir(_))
-        ));
-        assert!(matches!(
-            parse("https://x/r.git", None, Some("/etc")),
-            Err(LocationError::Dir(_))
-        ));
-        assert!(matches!(
-            parse("https://x/r.git", Some("--upload-pack=x"), None),
-            Err(LocationError::Ref(_))
-        ));
+        let dir = parse("https://x/r.git", None, Some("../etc")).expect_err("escapes");
+        assert!(matches!(dir, LocationError::Dir { field: "path", .. }));
+        assert_eq!(dir.field(), "path");
+        let dir = parse("https://x/r.git?dir=a/../../b", None, None).expect_err("escapes");
+        assert_eq!(dir.field(), "location");
+        let bad_ref = parse("https://x/r.git", Some("--upload-pack=x"), None).expect_err("ref");
+        assert!(matches!(bad_ref, LocationError::Ref { field: "ref", .. }));
+        assert_eq!(
+            parse("https://x/r.git?ref=a..b", None, None)
+                .expect_err("ref")
+                .field(),
+            "location"
+        );
+        assert_eq!(
+            parse("https://x/r.git?ref=a", Some("b"), None)
+                .expect_err("conflict")
+                .field(),
+            "ref"
+        );
     }
 
     #[test]
