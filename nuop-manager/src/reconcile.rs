@@ -12,7 +12,7 @@
 //! failures; they back off per object, capped ([`nuop_core::reconcile::backoff`]).
 //!
 //! Metrics use the core's vocabulary: `nuop_reconciles_total{outcome}` takes
-//! [`Outcome::label`] values, `nuop_reconcile_errors_total{category}` takes
+//! [`ReconcileOutcome::label`] values, `nuop_reconcile_errors_total{category}` takes
 //! [`Error::category`] (the core's category for a failed API call).
 
 use std::fmt::Debug;
@@ -29,7 +29,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt as _};
 use nuop_core::metrics::METRICS;
-use nuop_core::protocol::Outcome;
+use nuop_core::metrics::ReconcileOutcome;
 use nuop_core::reconcile::backoff::Backoff;
 use nuop_crd::NuOperator;
 use serde::Serialize;
@@ -92,9 +92,9 @@ pub async fn reconcile(operator: Arc<NuOperator>, ctx: Arc<Context>) -> Result<A
         Ok((_, changed)) => {
             ctx.backoff.succeeded(&backoff_key(&operator));
             if *changed {
-                Outcome::Changed
+                ReconcileOutcome::Changed
             } else {
-                Outcome::NoChange
+                ReconcileOutcome::NoChange
             }
         }
         Err(e) => {
@@ -104,7 +104,7 @@ pub async fn reconcile(operator: Arc<NuOperator>, ctx: Arc<Context>) -> Result<A
             {
                 counter.inc();
             }
-            Outcome::Failed(1)
+            ReconcileOutcome::Error
         }
     };
     if let Ok(counter) = METRICS
