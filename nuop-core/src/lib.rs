@@ -15,7 +15,8 @@
 //! - [`telemetry`]: logs, OTLP traces and the termination signal.
 //! - [`init`]: reaping orphans when a binary runs as PID 1.
 //! - [`devtools`]: `check` and `exec` for script authors.
-//! - [`testing`]: connecting tests to the real local control plane.
+//! - `testing` (cargo feature `testing`, test builds only): connecting tests to the real
+//!   local control plane.
 
 pub mod controller;
 pub mod devtools;
@@ -31,6 +32,7 @@ pub mod script;
 pub mod shutdown;
 pub mod standard;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 /// Installs aws-lc-rs as rustls' process-wide provider (idempotent).
@@ -39,7 +41,7 @@ pub mod testing;
 /// Nushell's `http` commands), so rustls cannot pick one from its crate features and
 /// every TLS client built without an explicit provider (kube's) would panic. Each binary
 /// calls this first, and so does every test that builds a kube client
-/// ([`testing::TestEnv`] does it for its users).
+/// (`testing::TestEnv` does it for its users).
 pub fn install_crypto_provider() {
     // Err only means a provider is installed already: the first one stays.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
