@@ -498,7 +498,7 @@ mod tests {
         assert!(renewal_overdue(start, start + deadline, deadline));
     }
 
-    /// A TCP listener that accepts connections (the kernel does) but never answers, and
+    /// A TCP listener that accepts connections (the kernel does) but does not answer, and
     /// an elector whose API server it is.
     fn unreachable_elector(settings: LeaseSettings) -> (std::net::TcpListener, Elector) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

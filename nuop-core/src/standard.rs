@@ -14,13 +14,6 @@ use crate::root::load_root;
 use crate::script::ExecutorKind;
 use crate::shutdown::Shutdown;
 
-/// The loader's old names, kept for the crates that still import them from here
-/// (nuop-managed's `revision.rs` uses `load_scripts`); new code uses [`crate::root`].
-pub use crate::root::{
-    LoadedScript, Rejected, config_warnings, load_root as load_scripts,
-    load_root_within as load_scripts_within, missing_phase,
-};
-
 /// Runs standard mode until `shutdown` resolves.
 ///
 /// # Errors

@@ -134,6 +134,29 @@ impl TestEnv {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// The Warning Events on `name` in this test's namespace, as `reason: message`.
+    ///
+    /// # Panics
+    /// When the Events cannot be listed.
+    pub async fn warnings(&self, name: &str) -> Vec<String> {
+        use kube::api::ListParams;
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+            .await
+            .unwrap_or_else(|e| panic!("cannot list the Events of {name}: {e}"))
+            .items
+            .into_iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
     /// Creates the Secret `name` holding `key: value` in this test's namespace.
     ///
     /// # Panics

@@ -15,9 +15,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PostParams};
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PostParams};
 use nuop_core::metrics::METRICS;
 use nuop_core::script::ExecutorKind;
 use nuop_core::testing::{TestEnv, eventually};
@@ -34,25 +34,6 @@ fn configmap(name: &str) -> ConfigMap {
         },
         ..Default::default()
     }
-}
-
-/// Warning Events on `name` in the test's namespace, as `reason: message`.
-async fn warnings_for(env: &TestEnv, name: &str) -> Vec<String> {
-    Api::<Event>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default()
-            )
-        })
-        .collect()
 }
 
 /// `nuop_reconcile_errors_total` of `controller`, by category.
@@ -141,11 +122,11 @@ def "main reconcile" [] {
         .await
         .expect("create sentinel");
     eventually("the sentinel's Warning", LIMIT, || async {
-        (!warnings_for(&env, "sentinel").await.is_empty()).then_some(())
+        (!env.warnings("sentinel").await.is_empty()).then_some(())
     })
     .await;
     assert_eq!(
-        warnings_for(&env, "held").await,
+        env.warnings("held").await,
         Vec::<String>::new(),
         "a gone object gets no Warning"
     );
@@ -204,7 +185,7 @@ async fn permanent_failure_waits_for_a_change(test: &str, name: &str, bad_label:
         .await
         .expect("create bad");
     let warning = eventually("a Warning on the object", LIMIT, || async {
-        warnings_for(&env, "bad").await.into_iter().next()
+        env.warnings("bad").await.into_iter().next()
     })
     .await;
     // A later object reconciled: the failed reconcile's error policy has run by now.

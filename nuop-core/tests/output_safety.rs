@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
-use kube::Api;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ObjectMeta, PostParams};
 use nuop_core::script::ExecutorKind;
 use nuop_core::testing::{TestEnv, eventually};
 
@@ -22,25 +21,6 @@ fn selected(name: &str) -> ConfigMap {
         data: Some([("k".to_string(), "v".to_string())].into()),
         ..Default::default()
     }
-}
-
-/// The Warning Events of `name`, as "reason: message".
-async fn warnings(env: &TestEnv, name: &str) -> Vec<String> {
-    Api::<Event>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default()
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -69,7 +49,7 @@ def "main reconcile" [] {
         .await
         .expect("create");
     let warning = eventually("a Warning saying stdout was cut", LIMIT, || async {
-        warnings(&env, "big")
+        env.warnings("big")
             .await
             .into_iter()
             .find(|w| w.contains("stdout was cut at 4194304 bytes"))
@@ -106,7 +86,7 @@ def "main reconcile" [] {
         .await
         .expect("create");
     let warning = eventually("a Warning for the error exit", LIMIT, || async {
-        warnings(&env, "failing")
+        env.warnings("failing")
             .await
             .into_iter()
             .find(|w| w.contains("exited with code 3"))

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{ListParams, ObjectMeta, Patch, PostParams};
+use kube::api::{ObjectMeta, Patch, PostParams};
 use kube::{Api, ResourceExt};
 use nuop_core::metrics::METRICS;
 use nuop_core::script::ExecutorKind;
@@ -43,18 +43,6 @@ fn configmap(name: &str, labels: &[(&str, &str)], data: &[(&str, &str)]) -> Conf
         data: Some(pairs(data)),
         ..Default::default()
     }
-}
-
-async fn warnings_for(env: &TestEnv, name: &str) -> Vec<String> {
-    Api::<Event>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .map(|e| format!("{:?}: {:?}", e.reason, e.message))
-        .collect()
 }
 
 /// The reconcile errors recorded for `controller`, as rendered metric lines.
@@ -326,5 +314,5 @@ async fn a_stale_read_of_the_changed_field_is_re_read_and_reconciled_at_once() {
     // Requeue intervals are 300 s, and a conflict returned as an error would be counted
     // and retried after a backoff: none may be recorded.
     assert_eq!(errors_of("stale-read"), Vec::<String>::new());
-    assert_eq!(warnings_for(&env, "target").await, Vec::<String>::new());
+    assert_eq!(env.warnings("target").await, Vec::<String>::new());
 }

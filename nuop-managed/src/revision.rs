@@ -10,9 +10,9 @@
 //! rejects the revision (test `a_symlink_out_of_the_checkout_rejects_the_revision`).
 //!
 //! Scripts are loaded as standard mode loads them
-//! (`nuop_core::standard::load_scripts_within`): on a blocking thread under a load
+//! (`nuop_core::root::load_root_within`): on a blocking thread under a load
 //! timeout, a `finalizer` without `main finalize` refused
-//! (`nuop_core::standard::missing_phase`), config warnings logged.
+//! (`nuop_core::root::missing_phase`), config warnings logged.
 //!
 //! A failure says whether it can go away by itself ([`LoadFailure::transient`]): I/O
 //! errors and a `config` that timed out or could not be started are retried at the
@@ -27,10 +27,10 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use nuop_core::protocol::DEFAULT_TIMEOUT;
+use nuop_core::root::{config_warnings, missing_phase};
 use nuop_core::script::{
     ConfigCallError, ExecError, ExecutorKind, LoadError, ScriptRunner, discover, process,
 };
-use nuop_core::standard::{config_warnings, missing_phase};
 use nuop_crd::fnv::Fnv;
 use tracing::warn;
 

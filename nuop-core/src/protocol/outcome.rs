@@ -60,7 +60,9 @@ pub enum OutputError {
 }
 
 /// Classifies the output of a call that exited 2 (changed): as [`classify_output`], but
-/// a stdout that passed its cap is never read as the desired object — a cut object can
+/// a stdout that passed its cap is never read as the desired object (tests
+/// `a_cut_stdout_is_never_the_desired_object` and
+/// `output_safety::an_object_on_a_cut_stdout_is_never_written`) — a cut object can
 /// still parse (YAML keeps `data` last) and writing it would lose what was cut.
 ///
 /// # Errors

@@ -25,8 +25,8 @@ use crate::metrics::METRICS;
 /// Longest Event note, in bytes; longer notes are cut at a character boundary.
 const MAX_NOTE: usize = 1000;
 
-/// Queues an Event on `object` (sent in the background; a failure is logged, never
-/// fatal). Normal Events are skipped when the controller's `write_events` is off.
+/// Queues an Event on `object` (sent in the background; a failure is logged and
+/// does not fail the reconcile). Normal Events are skipped when the controller's `write_events` is off.
 pub(crate) fn publish(
     ctx: &Context,
     object: &Value,

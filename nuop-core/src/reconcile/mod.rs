@@ -412,29 +412,33 @@ async fn call_script(
 
 /// Logs what a call printed to stdout when it is not a desired object to write (exit
 /// 0, an error exit, `finalize`): log lines as lines; an object only by its kind and
-/// name, since it may be a Secret.
-fn log_stdout(result: &CallResult) {
+/// name, since it may be a Secret. Returns whether stdout held an object.
+fn log_stdout(result: &CallResult) -> bool {
     match classify_output(&result.stdout.text, result.returned.as_ref()) {
         Ok(ScriptOutput::Logs(_)) | Err(_) => log_lines("stdout", &result.stdout.with_note()),
-        Ok(ScriptOutput::Object(object)) => info!(
-            target: "nuop::script",
-            stream = "stdout",
-            "printed an object ({} {}) with exit code {}: not written (only exit 2 writes)",
-            object["kind"].as_str().unwrap_or("?"),
-            object["metadata"]["name"].as_str().unwrap_or("?"),
-            result.code
-        ),
+        Ok(ScriptOutput::Object(object)) => {
+            info!(
+                target: "nuop::script",
+                stream = "stdout",
+                "printed an object ({} {}) with exit code {}: not written (only exit 2 writes)",
+                object["kind"].as_str().unwrap_or("?"),
+                object["metadata"]["name"].as_str().unwrap_or("?"),
+                result.code
+            );
+            return true;
+        }
         Ok(ScriptOutput::Empty) => {}
     }
+    false
 }
 
 /// The error of a call that exited with an error code: its stderr's tail, and its
 /// stdout's unless that is an object (which may hold Secret data), for the Event.
 fn script_failed(code: i32, result: &CallResult) -> ReconcileError {
-    log_stdout(result);
-    let stdout = match classify_output(&result.stdout.text, result.returned.as_ref()) {
-        Ok(ScriptOutput::Object(_)) => String::new(),
-        _ => tail(&result.stdout.text),
+    let stdout = if log_stdout(result) {
+        String::new()
+    } else {
+        tail(&result.stdout.text)
     };
     ReconcileError::ScriptFailed {
         code,

@@ -25,7 +25,8 @@
 //!   `ownerReferences`, `containers`) is replaced as a whole, as RFC 7386 says.
 //! - Fields the server owns (`uid`, `resourceVersion`, `generation`,
 //!   `creationTimestamp`, `managedFields`, `deletionTimestamp`,
-//!   `deletionGracePeriodSeconds`, `selfLink`) are never written; apiVersion, kind,
+//!   `deletionGracePeriodSeconds`, `selfLink`) are never written
+//!   (`echoes_and_server_fields_are_no_change`); apiVersion, kind,
 //!   name and namespace are checked by the identity rule before planning.
 //! - With a status subresource, `.status` is patched there (guarded by the
 //!   resourceVersion the first patch returned) and the rest on the object.
@@ -43,7 +44,8 @@ use super::error::ReconcileError;
 use super::events::publish;
 use super::{Context, text};
 
-/// Metadata fields the server owns: never written, whatever the answer says.
+/// Metadata fields the server owns: never written, whatever the answer says
+/// (`echoes_and_server_fields_are_no_change`).
 const SERVER_FIELDS: [&str; 8] = [
     "resourceVersion",
     "managedFields",

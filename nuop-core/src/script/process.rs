@@ -126,13 +126,8 @@ impl ProcessScript {
         } else {
             command.arg(request.phase.as_str());
         }
-        for (name, _) in std::env::vars_os() {
-            if name
-                .to_str()
-                .is_some_and(|n| !super::embedded::passed_to_scripts(n))
-            {
-                command.env_remove(&name);
-            }
+        for name in withheld_variables() {
+            command.env_remove(name);
         }
         let mut child = command
             .current_dir(&dir)
@@ -215,6 +210,22 @@ impl ProcessScript {
             truncated: stderr.truncated,
         }
     }
+}
+
+/// The operator's environment variables that scripts do not get, found once: the
+/// operator never changes its own environment after start.
+fn withheld_variables() -> &'static [std::ffi::OsString] {
+    static WITHHELD: std::sync::LazyLock<Vec<std::ffi::OsString>> =
+        std::sync::LazyLock::new(|| {
+            std::env::vars_os()
+                .map(|(name, _)| name)
+                .filter(|name| {
+                    name.to_str()
+                        .is_some_and(|n| !super::embedded::passed_to_scripts(n))
+                })
+                .collect()
+        });
+    &WITHHELD
 }
 
 /// The `-c` command line for a phase: the entry point is sourced by its file name
