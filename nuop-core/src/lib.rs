@@ -5,6 +5,8 @@
 //!   or as `nu` child processes.
 //! - [`reconcile`]: the per-object pipeline (finalizer, script, write-back, events).
 //! - [`controller`]: one kube-runtime controller per script.
+//! - [`k8s`]: the `k8s` commands scripts call (signatures, wire form, errors).
+//! - [`cluster`]: what those commands run against (live, fake, recording).
 //! - [`root`]: loading a scripts root (every `*/mod.nu` under it), for both modes.
 //! - [`standard`]: standard mode, one controller per script under a root.
 //! - [`health`], [`metrics`]: probes and Prometheus metrics.
@@ -18,10 +20,12 @@
 //! - `testing` (cargo feature `testing`, test builds only): connecting tests to the real
 //!   local control plane.
 
+pub mod cluster;
 pub mod controller;
 pub mod devtools;
 pub mod health;
 pub mod init;
+pub mod k8s;
 pub mod leader;
 pub mod metrics;
 pub mod protocol;

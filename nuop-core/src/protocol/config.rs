@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::related::RelatedKind;
+
 /// Default seconds before reconciling again after the script changed something.
 pub const DEFAULT_REQUEUE_AFTER_CHANGE: Duration = Duration::from_secs(10);
 /// Default seconds before reconciling again after the script changed nothing.
@@ -44,6 +46,12 @@ pub struct ScriptConfig {
     pub requeue_after_noop: Duration,
     /// Limit for one script call.
     pub timeout: Duration,
+    /// Kinds the script creates as children (`owns`): their changes wake the owner.
+    pub owns: Vec<RelatedKind>,
+    /// Related kinds whose changes wake mapped primaries (`watches`).
+    pub watches: Vec<RelatedKind>,
+    /// Kinds cached for `k8s get`/`k8s list` only (`reads`).
+    pub reads: Vec<RelatedKind>,
 }
 
 impl ScriptConfig {
@@ -368,6 +376,9 @@ fn validate(value: &Value) -> Result<ScriptConfig, ConfigProblem> {
         requeue_after_noop: seconds(get("requeue_after_noop"), "requeue_after_noop", true)?
             .unwrap_or(DEFAULT_REQUEUE_AFTER_NOOP),
         timeout: seconds(get("timeout"), "timeout", true)?.unwrap_or(DEFAULT_TIMEOUT),
+        owns: Vec::new(),
+        watches: Vec::new(),
+        reads: Vec::new(),
     })
 }
 

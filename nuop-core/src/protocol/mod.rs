@@ -6,6 +6,7 @@
 
 mod config;
 mod outcome;
+mod related;
 
 pub use config::{
     ConfigError, ConfigProblem, DEFAULT_REQUEUE_AFTER_CHANGE, DEFAULT_REQUEUE_AFTER_NOOP,
@@ -16,6 +17,7 @@ pub use outcome::{
     IdentityError, Outcome, OutputError, ScriptOutput, check_identity, classify_changed,
     classify_output,
 };
+pub use related::{Mapper, RelatedKind, Trigger};
 
 /// The subcommand of a script's `mod.nu` that a call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -72,6 +72,9 @@ pub struct Context {
     /// the controller runs at most that many script calls at once however many
     /// namespaces it lists.
     pub permits: Arc<Semaphore>,
+    /// What the script's `k8s` commands run against; none until the controller sets one
+    /// (`with_cluster`).
+    pub cluster: Option<Arc<dyn crate::cluster::Cluster>>,
 }
 
 impl Context {
@@ -105,6 +108,16 @@ impl Context {
             resource,
             namespaced,
             has_status,
+            cluster: None,
+        }
+    }
+
+    /// The same context with `k8s` commands served by `cluster`.
+    #[must_use]
+    pub fn with_cluster(self, cluster: Arc<dyn crate::cluster::Cluster>) -> Self {
+        Self {
+            cluster: Some(cluster),
+            ..self
         }
     }
 
