@@ -4,8 +4,6 @@
 //! Does I/O (the API client). Interface placeholder: the caches are wired by the
 //! controller; the request handling lands with the `k8s` commands (issue 13).
 
-use std::collections::BTreeMap;
-
 use futures::future::BoxFuture;
 use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
@@ -25,10 +23,12 @@ pub struct CachedKind {
     pub namespaced: bool,
     /// The one namespace the cache watches, or none for all namespaces.
     pub namespace: Option<String>,
-    /// The equality label selectors the watch was narrowed by.
-    pub labels: BTreeMap<String, String>,
-    /// The equality field selectors the watch was narrowed by.
-    pub fields: BTreeMap<String, String>,
+    /// The label selector the watch was narrowed by, in the API's string form
+    /// (`a=b,nuop.dev/controller`), if any: a read is served from this cache only when
+    /// its own selector implies this one.
+    pub labels: Option<String>,
+    /// The field selector the watch was narrowed by, in the API's string form, if any.
+    pub fields: Option<String>,
     /// The cache, synced before the controller starts.
     pub store: Store<DynamicObject>,
 }
