@@ -122,7 +122,7 @@ impl FakeCluster {
             version: 0,
         };
         for (i, mut object) in objects.into_iter().enumerate() {
-            let (Some(api_version), Some(kind), Some(_)) = (
+            let (Some(_), Some(_), Some(_)) = (
                 text(&object, "/apiVersion"),
                 text(&object, "/kind"),
                 text(&object, "/metadata/name"),
@@ -132,18 +132,7 @@ impl FakeCluster {
                     i + 1
                 ));
             };
-            let (group, _) = split_api_version(api_version);
-            if !state
-                .kinds
-                .iter()
-                .any(|k| k.group == group && k.kind == kind)
-            {
-                let namespaced = text(&object, "/metadata/namespace").is_some();
-                let plural = format!("{}s", kind.to_lowercase());
-                state
-                    .kinds
-                    .push(ResolvedKind::new(api_version, kind, &plural, namespaced));
-            }
+            state.learn(&object);
             if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.remove("managedFields");
             }
@@ -195,6 +184,12 @@ impl FakeCluster {
     pub fn with_kind(self, kind: ResolvedKind) -> Self {
         self.lock().kinds.push(kind);
         self
+    }
+
+    /// Serves the kind of `object` (apiVersion/kind) too, if it is not known yet: its
+    /// plural is the lower-case kind plus `s`, its scope whether `object` has a namespace.
+    pub fn learn_kind(&self, object: &Value) {
+        self.lock().learn(object);
     }
 
     /// Every object, ordered by group, kind, namespace and name.
@@ -280,6 +275,21 @@ impl FakeCluster {
 }
 
 impl State {
+    /// Serves the kind of `object` if it is not known yet.
+    fn learn(&mut self, object: &Value) {
+        let (Some(api_version), Some(kind)) = (text(object, "/apiVersion"), text(object, "/kind"))
+        else {
+            return;
+        };
+        let (group, _) = split_api_version(api_version);
+        if !self.kinds.iter().any(|k| k.group == group && k.kind == kind) {
+            let namespaced = text(object, "/metadata/namespace").is_some();
+            let plural = format!("{}s", kind.to_lowercase());
+            self.kinds
+                .push(ResolvedKind::new(api_version, kind, &plural, namespaced));
+        }
+    }
+
     fn served(&self) -> Vec<(ResolvedKind, bool)> {
         self.kinds.iter().map(|k| (k.clone(), true)).collect()
     }
