@@ -22,8 +22,7 @@ use super::convert::to_json;
 use super::print::current;
 use crate::k8s::{ErrorCode, FlagValue, Input, Invocation, K8sError, SPECS, Session, Spec};
 
-static SESSIONS: LazyLock<Mutex<HashMap<Arc<str>, Arc<Session>>>> =
-    LazyLock::new(Default::default);
+static SESSIONS: LazyLock<Mutex<HashMap<Arc<str>, Arc<Session>>>> = LazyLock::new(Default::default);
 
 fn sessions() -> std::sync::MutexGuard<'static, HashMap<Arc<str>, Arc<Session>>> {
     // One insert or remove at a time: a panic cannot leave the map inconsistent.
@@ -45,11 +44,6 @@ impl Drop for SessionScope {
     fn drop(&mut self) {
         sessions().remove(&self.id);
     }
-}
-
-/// How many calls have a session registered (for tests showing none is left behind).
-pub fn registered_sessions() -> usize {
-    sessions().len()
 }
 
 /// A `k8s` error as a Nushell error: the message is the error's text, the code
@@ -97,7 +91,9 @@ pub fn signature(spec: &Spec) -> Signature {
     for f in spec.flags {
         signature = match f.value {
             FlagValue::Switch => signature.switch(f.long, f.description, f.short),
-            FlagValue::String => signature.named(f.long, SyntaxShape::String, f.description, f.short),
+            FlagValue::String => {
+                signature.named(f.long, SyntaxShape::String, f.description, f.short)
+            }
             FlagValue::Any => signature.named(f.long, SyntaxShape::Any, f.description, f.short),
         };
     }
