@@ -537,15 +537,16 @@ mod tests {
     use kube::runtime::reflector;
 
     fn cache(namespace: Option<&str>, labels: Option<&str>, fields: Option<&str>) -> CachedKind {
-        let (store, _writer) = reflector::store::<DynamicObject>();
+        let resource = ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+        };
+        let store = reflector::store::Writer::<DynamicObject>::new(resource.clone()).as_reader();
         CachedKind {
-            resource: ApiResource {
-                group: String::new(),
-                version: "v1".into(),
-                api_version: "v1".into(),
-                kind: "ConfigMap".into(),
-                plural: "configmaps".into(),
-            },
+            resource,
             namespaced: true,
             namespace: namespace.map(Into::into),
             labels: labels.map(Into::into),
