@@ -6,8 +6,8 @@
 //! pass the `on` filter and which primaries a change maps to — are the pure functions of
 //! [`crate::triggers`]. Mapped primaries are routed to the per-namespace controller whose
 //! store holds them (a ref sent to a controller that does not hold it would only be an
-//! `ObjectNotFound` error), through bounded channels that are never waited on: a full
-//! channel turns into one "reconcile everything" request.
+//! `ObjectNotFound` error), through bounded channels written with `try_send` only: a
+//! full channel turns into one "reconcile everything" request.
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //!
 //! Pure: no I/O. The controller feeds each subscription's changes through a [`Filter`]
 //! (deduplicated per object by a fingerprint of what `on` looks at; creations and
-//! deletions always pass) and maps what passes to primaries, which it then routes to the
+//! deletions always pass: `the_filter_passes_creations_changes_and_deletes_only`) and maps what passes to primaries, which it then routes to the
 //! per-namespace controller holding them.
 
 use std::collections::hash_map::DefaultHasher;
