@@ -3,8 +3,9 @@
 //!
 //! Pure: no I/O. The controller feeds each subscription's changes through a [`Filter`]
 //! (deduplicated per object by a fingerprint of what `on` looks at; creations and
-//! deletions always pass: `the_filter_passes_creations_changes_and_deletes_only`) and maps what passes to primaries, which it then routes to the
-//! per-namespace controller holding them.
+//! deletions always pass: `the_filter_passes_creations_changes_and_deletes_only`) and
+//! maps what passes to primaries, which it then routes to the per-namespace controller
+//! holding them.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
