@@ -8,6 +8,8 @@
 //! pipeline input as JSON), and one Rust function interprets it, so the two executors
 //! cannot drift apart in what a command means.
 
+pub mod module;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
