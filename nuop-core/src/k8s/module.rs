@@ -9,7 +9,8 @@
 //! flags by long name, switches as `true`, absent flags left out, the pipeline input or
 //! null) and POST it as JSON over the operator's Unix socket
 //! (`http post --unix-socket $env.NUOP_K8S_SOCKET`, with the call's token as a bearer
-//! header); the answer is either `{"ok": <result>}` or
+//! header; the URL's host is `localhost` because nu 0.115.1 resolves it even when it
+//! connects to a socket, and an unresolvable name fails as "I/O error"); the answer is either `{"ok": <result>}` or
 //! `{"error": {"msg": .., "code": ..}}`, and the latter becomes `error make {msg, code}`,
 //! so a script's `catch {|e| }` sees the same `$e.msg` and `$e.details.code` as under
 //! the embedded engine. Without a socket and token in the environment (the script's
@@ -110,7 +111,7 @@ def nuop-k8s-invoke [verb: string, args: record, input: any]: nothing -> any {{
     }}
     let request = {{verb: $verb, args: $args, input: $input}} | to json --raw
     let response = try {{
-        $request | http post --unix-socket $socket --full --allow-errors --raw --content-type application/json --headers [authorization $"Bearer ($token)"] "http://nuop{INVOKE_PATH}"
+        $request | http post --unix-socket $socket --full --allow-errors --raw --content-type application/json --headers [authorization $"Bearer ($token)"] "http://localhost{INVOKE_PATH}"
     }} catch {{|e|
         error make --unspanned {{msg: $"k8s ($verb): the operator's k8s socket did not answer: ($e.msg)", code: "{unavailable}"}}
     }}
