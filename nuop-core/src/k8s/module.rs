@@ -52,8 +52,8 @@ pub enum Variant {
 pub fn outside_call(verb: &str) -> K8sError {
     K8sError {
         verb: verb.to_string(),
-        target: "(no call)".to_string(),
-        reason: "k8s commands run only inside reconcile and finalize".to_string(),
+        target: "outside a call".to_string(),
+        reason: "k8s commands run only in reconcile/finalize".to_string(),
         code: ErrorCode::OutsideCall,
     }
 }
@@ -90,26 +90,18 @@ pub fn generate(variant: Variant) -> String {
 
 /// The private helper every live command calls: sends the invocation, decodes the answer.
 fn invoke_helper() -> String {
-    let mut outside = String::from("    let outside = {\n");
-    for spec in SPECS {
-        let e = outside_call(spec.verb);
-        let _ = writeln!(
-            outside,
-            "        {}: {}",
-            nu_string(spec.verb),
-            nu_string(&e.to_string())
-        );
-    }
-    outside.push_str("    }\n");
+    // The outside-call text with the verb interpolated at run time.
+    let outside = nu_interpolated(&outside_call("\u{0}").to_string()).replace('\u{0}', "($verb)");
     format!(
         r#"# Sends one invocation to the operator and returns its result (or raises its error).
+# Absent flags (null) are left out of the invocation.
 def nuop-k8s-invoke [verb: string, args: record, input: any]: nothing -> any {{
     let socket = $env.{SOCKET_ENV}?
     let token = $env.{TOKEN_ENV}?
     if $socket == null or $token == null {{
-{outside}        error make --unspanned {{msg: ($outside | get $verb), code: "{outside_code}"}}
+        error make --unspanned {{msg: {outside}, code: "{outside_code}"}}
     }}
-    let request = {{verb: $verb, args: $args, input: $input}} | to json --raw
+    let request = {{verb: $verb, args: ($args | compact), input: $input}} | to json --raw
     let response = try {{
         $request | http post --unix-socket $socket --full --allow-errors --raw --content-type application/json --headers [authorization $"Bearer ($token)"] "http://localhost{INVOKE_PATH}"
     }} catch {{|e|
@@ -175,35 +167,30 @@ fn command(spec: &Spec, variant: Variant) -> String {
             } else {
                 "$in"
             };
-            let _ = writeln!(out, "    let input = {input}");
-            let fields: Vec<String> = spec
+            // Positionals by name, flags by long name; a switch is `true` or null (left
+            // out, like an absent flag).
+            let mut fields: Vec<String> = spec
                 .positionals
                 .iter()
                 .map(|p| format!("{}: ${}", nu_string(p.name), variable(p.name)))
                 .collect();
-            let _ = writeln!(out, "    mut args = {{{}}}", fields.join(", "));
-            for f in spec.flags {
-                let var = variable(f.long);
-                let key = nu_string(f.long);
-                match f.value {
-                    FlagValue::Switch => {
-                        let _ = writeln!(
-                            out,
-                            "    if ${var} {{ $args = ($args | insert {key} true) }}"
-                        );
-                    }
-                    FlagValue::String | FlagValue::Any => {
-                        let _ = writeln!(
-                            out,
-                            "    if ${var} != null {{ $args = ($args | insert {key} ${var}) }}"
-                        );
-                    }
+            fields.extend(spec.flags.iter().map(|f| match f.value {
+                FlagValue::Switch => {
+                    format!(
+                        "{}: (if ${} {{ true }})",
+                        nu_string(f.long),
+                        variable(f.long)
+                    )
                 }
-            }
+                FlagValue::String | FlagValue::Any => {
+                    format!("{}: ${}", nu_string(f.long), variable(f.long))
+                }
+            }));
             let _ = writeln!(
                 out,
-                "    nuop-k8s-invoke {} $args $input",
-                nu_string(spec.verb)
+                "    nuop-k8s-invoke {} {{{}}} {input}",
+                nu_string(spec.verb),
+                fields.join(", ")
             );
         }
     }
@@ -211,25 +198,17 @@ fn command(spec: &Spec, variant: Variant) -> String {
     out
 }
 
-/// The command's input/output type pairs, as the embedded signature declares them.
+/// The command's input/output types, as the embedded signature declares them
+/// (`script::embedded::k8s::signature`): any input (the first command of a closure
+/// receives the closure's input, which commands that read nothing ignore), and the
+/// output the table says where Nushell has a type for it.
 pub fn io_types(spec: &Spec) -> String {
-    let output = |input: &str| match spec.output {
-        Output::RecordOrNull => "any".to_string(),
-        Output::Record => "record".to_string(),
-        Output::List => "list<any>".to_string(),
-        Output::Nothing => "nothing".to_string(),
-        Output::SameAsInput => input.to_string(),
+    let output = match spec.output {
+        Output::Nothing => "nothing",
+        Output::List => "list<any>",
+        Output::RecordOrNull | Output::Record | Output::SameAsInput => "any",
     };
-    let inputs: &[&str] = match spec.input {
-        Input::Nothing => &["nothing"],
-        Input::Object => &["record"],
-        Input::Objects | Input::Patch => &["record", "list<any>"],
-    };
-    let pairs: Vec<String> = inputs
-        .iter()
-        .map(|i| format!("{i} -> {}", output(i)))
-        .collect();
-    format!("[{}]", pairs.join(", "))
+    format!("[any -> {output}]")
 }
 
 /// The Nushell variable a parameter binds: dashes become underscores.
@@ -251,6 +230,12 @@ fn nu_string(s: &str) -> String {
     }
     quoted.push('"');
     quoted
+}
+
+/// `s` as the text of a Nushell interpolated string (`$"..."`): parentheses escaped too.
+fn nu_interpolated(s: &str) -> String {
+    let quoted = nu_string(s).replace('(', "\\(").replace(')', "\\)");
+    format!("${quoted}")
 }
 
 /// Help text on one line (a `#` comment ends at the newline).
@@ -293,18 +278,15 @@ mod tests {
         let live = generate(Variant::Live);
         let get = &live[live.find("export def \"k8s get\"").unwrap_or(0)..];
         let get = &get[..get.find("\n}\n").unwrap_or(get.len())];
-        assert!(get.contains("let input = null"));
-        assert!(get.contains("mut args = {\"kind\": $kind, \"name\": $name}"));
         assert!(get.contains(
-            "if $namespace != null { $args = ($args | insert \"namespace\" $namespace) }"
+            "    nuop-k8s-invoke \"get\" {\"kind\": $kind, \"name\": $name, \"namespace\": $namespace, \"api-version\": $api_version, \"live\": (if $live { true })} null"
         ));
-        assert!(get.contains("if $api_version != null"));
-        assert!(get.contains("if $live { $args = ($args | insert \"live\" true) }"));
-        assert!(get.contains("nuop-k8s-invoke \"get\" $args $input"));
         let apply = &live[live.find("export def \"k8s apply\"").unwrap_or(0)..];
-        assert!(apply.contains("let input = $in"));
+        let apply = &apply[..apply.find("\n}\n").unwrap_or(apply.len())];
+        assert!(apply.ends_with("} $in"), "{apply}");
         assert!(live.contains("http post --unix-socket $socket"));
         assert!(live.contains("$env.NUOP_K8S_TOKEN?"));
+        assert!(live.contains("args: ($args | compact)"));
 
         let stubs = generate(Variant::Stubs);
         assert!(!stubs.contains("http post"));
@@ -315,12 +297,10 @@ mod tests {
     #[test]
     fn io_types_follow_the_table() {
         let types = |verb| super::super::spec(verb).map(io_types).unwrap_or_default();
-        assert_eq!(types("get"), "[nothing -> any]");
-        assert_eq!(types("list"), "[nothing -> list<any>]");
-        assert_eq!(types("apply"), "[record -> record, list<any> -> list<any>]");
-        assert_eq!(types("create"), "[record -> record]");
-        assert_eq!(types("patch"), "[record -> record, list<any> -> record]");
-        assert_eq!(types("delete"), "[nothing -> nothing]");
+        assert_eq!(types("get"), "[any -> any]");
+        assert_eq!(types("list"), "[any -> list<any>]");
+        assert_eq!(types("apply"), "[any -> any]");
+        assert_eq!(types("delete"), "[any -> nothing]");
     }
 
     #[test]
@@ -328,6 +308,7 @@ mod tests {
         assert_eq!(nu_string("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"");
         assert_eq!(variable("api-version"), "api_version");
         assert_eq!(one_line("a\n  b"), "a b");
+        assert_eq!(nu_interpolated("f(x) \"y\""), "$\"f\\(x\\) \\\"y\\\"\"");
     }
 
     /// Runs `nu` on `script` with the generated module (`variant`) as `k8s.nu` beside it.

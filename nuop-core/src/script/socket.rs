@@ -56,6 +56,19 @@ pub trait Invoker: Send + Sync {
     fn cancel(&self);
 }
 
+impl Invoker for crate::k8s::Session {
+    fn invoke(
+        self: Arc<Self>,
+        invocation: Invocation,
+    ) -> BoxFuture<'static, Result<Value, K8sError>> {
+        Box::pin(async move { crate::k8s::Session::invoke(&self, &invocation).await })
+    }
+
+    fn cancel(&self) {
+        crate::k8s::Session::cancel(self);
+    }
+}
+
 type Calls = Arc<Mutex<HashMap<String, Arc<dyn Invoker>>>>;
 
 /// The running server: where its socket and module are, and the calls it serves.
