@@ -80,6 +80,10 @@ pub struct Metrics {
     /// 1 for the revision each source runs (managed mode): one series per source, the
     /// previous revision's removed when a new one is taken.
     pub source_revision: IntGaugeVec,
+    // --- k8s commands (issue 13, H2) ---
+    /// `k8s get`/`k8s list` reads that went to the API server (an undeclared kind, a
+    /// read no cache covers, or `--live`), by controller and kind.
+    pub k8s_uncached_reads: IntCounterVec,
 }
 
 /// Holds a gauge one higher while alive: incremented on creation, decremented on drop,
@@ -204,6 +208,12 @@ impl Metrics {
                 "nuop_source_revision_info",
                 "1 for the git revision each source runs (managed mode).",
                 &["source", "revision"],
+            ),
+            // --- k8s commands (issue 13, H2) ---
+            k8s_uncached_reads: counter(
+                "nuop_k8s_uncached_reads_total",
+                "k8s get/list reads served by the API server rather than a cache, by controller and kind.",
+                &["controller", "kind"],
             ),
             registry,
         }
