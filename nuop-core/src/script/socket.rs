@@ -3,7 +3,7 @@
 //!
 //! Does I/O. One server per process, started on first use ([`server`]): a fresh
 //! directory with mode 0700 under the temporary directory holds the Unix socket
-//! (`k8s.sock`) and the generated module ([`FILE_NAME`], `k8s.nu`) the children
+//! (`k8s.sock`) and the generated module ([`FILE_NAME`], `nuop-k8s.nu`) the children
 //! `use`. An HTTP/1 server (axum) on that socket answers `POST` [`INVOKE_PATH`] with a
 //! JSON [`Invocation`] body: the bearer token in `Authorization` names the call it
 //! belongs to ([`SocketServer::register`] hands one out per call, random and
@@ -155,7 +155,7 @@ impl SocketServer {
         &self.socket
     }
 
-    /// The generated `k8s.nu` the children `use`.
+    /// The generated module the children `use`.
     pub fn module_path(&self) -> &Path {
         &self.module
     }
