@@ -16,6 +16,13 @@
 //! the embedded engine. Without a socket and token in the environment (the script's
 //! top level, `config`) a command fails with the embedded engine's outside-call error.
 //!
+//! # Caveats
+//! The input and flag values are turned into JSON by Nushell's `to json`, the embedded
+//! engine's by nuop's own conversion; they agree on everything a Kubernetes object
+//! holds (test `k8s_commands::values_without_a_json_form_are_handed_over_alike`) but
+//! not on durations (`to json`: nanoseconds; embedded: seconds) and binary values
+//! (`to json`: a list of bytes; embedded: its text).
+//!
 //! The stubs variant has the same signatures and bodies that only fail: for editors,
 //! language servers and `nu --ide-check`.
 //!

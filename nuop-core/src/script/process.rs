@@ -22,7 +22,8 @@
 //! script's top level runs and restored for `main <phase>`, so, as with the embedded
 //! engine (whose top level runs once, at load), `k8s` commands at the top level fail
 //! as outside a call. A timeout or a dropped call revokes the token and cancels the
-//! session's commands; a finished call only revokes it.
+//! session's commands; a finished call only revokes it. An executable entry point
+//! (shebang) is started as it is: it gets the socket and token but no module.
 //!
 //! The child gets the operator's environment minus the operator's own settings
 //! ([`super::embedded::passed_to_scripts`]). Nushell's deprecation warnings, which
