@@ -133,10 +133,16 @@ impl ProcessScript {
         // The module is imported whenever the script may call it (so that outside a
         // call the commands exist and refuse, as with the embedded engine); the session
         // is registered only for a call that has one.
-        let server = if self.uses_k8s {
-            Some(socket::server().map_err(k8s_err)?)
-        } else {
-            None
+        let server = match self.uses_k8s.then(socket::server) {
+            None => None,
+            Some(Ok(server)) => Some(server),
+            // Without a session the commands could only refuse: run without them
+            // rather than fail a call (`config`) that does not need them.
+            Some(Err(e)) if request.k8s.is_none() => {
+                tracing::warn!(script = %self.script.name, "k8s commands unavailable: cannot start the k8s socket: {e}");
+                None
+            }
+            Some(Err(e)) => return Err(k8s_err(e)),
         };
         let registration = match (&server, &request.k8s) {
             (Some(server), Some(session)) => {
