@@ -10,17 +10,17 @@
 //!
 //! Submodules: [`command`] (an invocation checked and typed), [`selector`] (label and
 //! field selectors), [`owner`] (owner references and nuop's labels), all pure, and
-//! [`session`] (one call's commands against a [`crate::cluster::Cluster`]).
+//! [`session`] (one call's commands against a [`crate::cluster::Cluster`]); [`module`]
+//! generates the process executor's `nuop-k8s.nu` from [`SPECS`] (pure).
 
 pub mod command;
+pub mod module;
 pub mod owner;
 pub mod selector;
 pub mod session;
 
 pub use command::K8sCommand;
 pub use session::{Session, SessionParts};
-
-pub mod module;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
