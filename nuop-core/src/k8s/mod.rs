@@ -10,9 +10,11 @@
 //!
 //! Submodules: [`command`] (an invocation checked and typed), [`selector`] (label and
 //! field selectors), [`owner`] (owner references and nuop's labels), all pure, and
-//! [`session`] (one call's commands against a [`crate::cluster::Cluster`]).
+//! [`session`] (one call's commands against a [`crate::cluster::Cluster`]); [`module`]
+//! generates the process executor's `nuop-k8s.nu` from [`SPECS`] (pure).
 
 pub mod command;
+pub mod module;
 pub mod owner;
 pub mod selector;
 pub mod session;
