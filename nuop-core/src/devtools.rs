@@ -465,7 +465,7 @@ pub async fn exec(
 }
 
 /// The primary as the fake cluster holds it, added first when absent.
-async fn primary_in(
+pub(crate) async fn primary_in(
     fake: &FakeCluster,
     object: &serde_json::Value,
 ) -> Result<serde_json::Value, String> {
