@@ -105,6 +105,13 @@ impl CaseRun {
                 let tag = if self.updated { "UPDATED" } else { "FAIL " };
                 lines.push(format!("{tag} {}", self.title()));
                 lines.extend(mismatches.iter().map(|m| format!("      {m}")));
+                // What the runtime would report (a timeout, a failed script), for context.
+                if let Some(error) = self.actual.as_ref().and_then(|a| a["error"].as_str())
+                    && !mismatches.iter().any(|m| m.pointer == "/error")
+                {
+                    let first = error.lines().next().unwrap_or_default();
+                    lines.push(format!("      error: {first}"));
+                }
             }
             Verdict::Error(message) => {
                 lines.push(format!("ERROR {}", self.title()));
@@ -362,6 +369,19 @@ fn update_files(runs: &mut [CaseRun], out: &mut impl Write) -> std::io::Result<(
     Ok(())
 }
 
+/// The JUnit XML report of `runs` (see [`super::junit`]), stamped with the current
+/// time and this host's name.
+pub fn junit_report(runs: &[CaseRun]) -> String {
+    let cases: Vec<JunitCase> = runs.iter().map(CaseRun::junit).collect();
+    let now = crate::cluster::fake::timestamp();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    super::junit::render(&cases, now.trim_end_matches('Z'), &hostname)
+}
+
 type Loaded = Result<(ScriptRunner, ScriptConfig), String>;
 
 /// Loads a script for one executor and asks its `config`.
@@ -586,7 +606,7 @@ pub async fn run_case(
             let add = Request::Patch {
                 target: target.clone(),
                 patch_type: PatchType::Json,
-                patch: add_finalizer_patch(&object, f),
+                patch: absent_is_null(add_finalizer_patch(&object, f), &object),
                 status: false,
             };
             match cluster.execute(&field_manager, &add).await {
@@ -826,6 +846,27 @@ pub async fn run_case(
         "requeue": ended.requeue,
         "logs": logs,
     }))
+}
+
+/// A JSON Patch without its `test` ops of `null` at paths `object` lacks: the API
+/// server's JSON Patch treats a missing path as null there (the runtime's guarded
+/// finalizer patch relies on it), the `json-patch` crate behind the fake cluster does
+/// not. Both then agree.
+fn absent_is_null(patch: Value, object: &Value) -> Value {
+    match patch {
+        Value::Array(ops) => Value::Array(
+            ops.into_iter()
+                .filter(|op| {
+                    !(op["op"] == "test"
+                        && op["value"].is_null()
+                        && op["path"]
+                            .as_str()
+                            .is_some_and(|p| object.pointer(p).is_none()))
+                })
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 fn log_lines(text: &str) -> Vec<String> {
