@@ -5,6 +5,10 @@
 //!   or as `nu` child processes.
 //! - [`reconcile`]: the per-object pipeline (finalizer, script, write-back, events).
 //! - [`controller`]: one kube-runtime controller per script.
+//! - [`informers`]: the per-process registry of shared watches and caches (owns,
+//!   watches, reads).
+//! - [`triggers`]: which related changes wake which primaries (pure).
+//! - [`related`]: a controller's related kinds at run time (subscribe, wait, route).
 //! - [`k8s`]: the `k8s` commands scripts call (signatures, wire form, errors).
 //! - [`cluster`]: what those commands run against (live, fake, recording).
 //! - [`root`]: loading a scripts root (every `*/mod.nu` under it), for both modes.
@@ -26,12 +30,14 @@ pub mod controller;
 pub mod devtools;
 pub mod harness;
 pub mod health;
+pub mod informers;
 pub mod init;
 pub mod k8s;
 pub mod leader;
 pub mod metrics;
 pub mod protocol;
 pub mod reconcile;
+pub mod related;
 pub mod root;
 pub mod runtime;
 pub mod script;
@@ -40,6 +46,7 @@ pub mod standard;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod triggers;
 
 /// Installs aws-lc-rs as rustls' process-wide provider (idempotent).
 ///

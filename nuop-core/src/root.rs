@@ -109,7 +109,8 @@ pub async fn load_root_within(
 
 /// Why a script with `config` cannot become a controller for want of a phase: every
 /// script needs `main reconcile`, and one that declares a `finalizer` needs `main
-/// finalize` — without it every deleted object would hang in Terminating.
+/// finalize` — without it every deleted object would hang in Terminating — and one that
+/// maps a watch by `map: script` needs `main map`.
 pub fn missing_phase(config: &ScriptConfig, has: impl Fn(Phase) -> bool) -> Option<String> {
     if !has(Phase::Reconcile) {
         return Some(format!(
@@ -124,6 +125,18 @@ pub fn missing_phase(config: &ScriptConfig, has: impl Fn(Phase) -> bool) -> Opti
              or remove the finalizer",
             config.name
         )),
+        _ if !has(Phase::Map)
+            && config
+                .watches
+                .iter()
+                .any(|w| w.map == crate::protocol::Mapper::Script) =>
+        {
+            Some(format!(
+                "script {} maps a watch with `map: script` but has no `main map` command; \
+                 add `def \"main map\" [] {{ ... }}` returning [{{namespace, name}}]",
+                config.name
+            ))
+        }
         _ => None,
     }
 }
@@ -165,6 +178,21 @@ mod tests {
         );
         let reason = missing_phase(&config(None), |_| false).expect("refused");
         assert!(reason.contains("no `main reconcile`"), "{reason}");
+    }
+
+    #[test]
+    fn a_script_mapper_without_main_map_is_refused() {
+        let mapped = parse_config_value(
+            "c",
+            &json!({"name": "c", "version": "v1", "kind": "ConfigMap",
+                    "watches": [{"version": "v1", "kind": "Service", "map": "script"}]}),
+        )
+        .expect("config");
+        let no_map = |p: Phase| p != Phase::Map;
+        let reason = missing_phase(&mapped, no_map).expect("refused");
+        assert!(reason.contains("no `main map`"), "{reason}");
+        assert_eq!(missing_phase(&mapped, |_| true), None);
+        assert_eq!(missing_phase(&config(None), no_map), None);
     }
 
     #[test]
