@@ -89,7 +89,8 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     let matches = Cli::command().get_matches();
     // `test` runs both executors unless `--executor` was given on the command line.
-    let executor_given = matches.value_source("executor") == Some(clap::parser::ValueSource::CommandLine)
+    let executor_given = matches.value_source("executor")
+        == Some(clap::parser::ValueSource::CommandLine)
         || matches.subcommand().is_some_and(|(_, m)| {
             m.value_source("executor") == Some(clap::parser::ValueSource::CommandLine)
         });
@@ -168,9 +169,8 @@ fn main() -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             let runs = nuop_core::harness::run::run(&dirs, &options, &mut out).await?;
             if let Some(path) = junit {
-                std::fs::write(&path, nuop_core::harness::run::junit_report(&runs)).map_err(
-                    |e| anyhow::anyhow!("cannot write --junit {}: {e}", path.display()),
-                )?;
+                std::fs::write(&path, nuop_core::harness::run::junit_report(&runs))
+                    .map_err(|e| anyhow::anyhow!("cannot write --junit {}: {e}", path.display()))?;
             }
             Ok(if !runs.is_empty() && runs.iter().all(|r| r.passed()) {
                 ExitCode::SUCCESS

@@ -24,7 +24,10 @@ fn fixtures() -> PathBuf {
 /// Runs `nuop-standard <args>` in `cwd`, failing the test if it does not finish.
 fn run_in(cwd: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nuop-standard"));
-    command.args(args).current_dir(cwd).env("NUOP_NU", nu_binary());
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env("NUOP_NU", nu_binary());
     let (done, finished) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = done.send(command.output());
@@ -90,7 +93,10 @@ fn k8s_commands_are_served_by_the_fake_cluster() {
 #[test]
 fn a_wrong_expectation_fails_with_a_diff_and_update_fixes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&fixtures().join("good/labeler"), &dir.path().join("labeler"));
+    copy_dir(
+        &fixtures().join("good/labeler"),
+        &dir.path().join("labeler"),
+    );
     let case = dir.path().join("labeler/tests/adds-label.yaml");
     let text = std::fs::read_to_string(&case).expect("case");
     let wrong = text
@@ -110,16 +116,59 @@ fn a_wrong_expectation_fails_with_a_diff_and_update_fixes_it() {
     let out = run_in(dir.path(), &["test", "labeler", "--update"]);
     let report = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{report}");
-    assert!(report.contains("updated labeler/tests/adds-label.yaml"), "{report}");
+    assert!(
+        report.contains("updated labeler/tests/adds-label.yaml"),
+        "{report}"
+    );
     assert_eq!(last_line(&report), "4 passed, 0 failed", "{report}");
     let fixed = std::fs::read_to_string(&case).expect("case");
-    assert!(fixed.starts_with("# A ConfigMap without the label gets it.\n"), "comments before expect stay: {fixed}");
+    assert!(
+        fixed.starts_with("# A ConfigMap without the label gets it.\n"),
+        "comments before expect stay: {fixed}"
+    );
     assert!(fixed.contains("exit: 2"), "{fixed}");
     assert!(!fixed.contains("\"no\""), "{fixed}");
 
     let out = run_in(dir.path(), &["test", "labeler"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(last_line(&stdout(&out)), "4 passed, 0 failed");
+}
+
+#[test]
+fn a_case_without_expectations_fails_until_update_records_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(
+        &fixtures().join("good/labeler"),
+        &dir.path().join("labeler"),
+    );
+    std::fs::remove_file(dir.path().join("labeler/tests/already.yaml")).expect("rm");
+    let case = dir.path().join("labeler/tests/adds-label.yaml");
+    let text = std::fs::read_to_string(&case).expect("case");
+    let bare = &text[..text.find("expect:").expect("expect block")];
+    std::fs::write(&case, bare).expect("write case");
+
+    let out = run_in(dir.path(), &["test", "labeler", "--executor", "embedded"]);
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("expect: no expectations; `--update` records what happened"),
+        "{report}"
+    );
+    let out = run_in(dir.path(), &["test", "labeler", "--update"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let snapshot = std::fs::read_to_string(&case).expect("case");
+    let recorded = &snapshot[bare.len()..];
+    for line in [
+        "expect:",
+        "  exit: 2",
+        "  outcome: changed",
+        "  requeue: 5",
+        "  commands: []",
+    ] {
+        assert!(recorded.contains(line), "{line:?} in {recorded}");
+    }
+    let out = run_in(dir.path(), &["test", "labeler"]);
+    assert_eq!(last_line(&stdout(&out)), "2 passed, 0 failed");
 }
 
 #[test]
@@ -215,7 +264,12 @@ fn validate_junit(xml: &str) -> Result<(usize, usize, usize), String> {
     let uint = |n: Node<'_, '_>, a: &str| -> Result<usize, String> {
         n.attribute(a)
             .and_then(|v| v.parse::<usize>().ok())
-            .ok_or_else(|| format!("<{}> {a} is not a non-negative integer", n.tag_name().name()))
+            .ok_or_else(|| {
+                format!(
+                    "<{}> {a} is not a non-negative integer",
+                    n.tag_name().name()
+                )
+            })
     };
     let decimal = |n: Node<'_, '_>| -> Result<(), String> {
         let v = n.attribute("time").unwrap_or_default();
@@ -257,7 +311,9 @@ fn validate_junit(xml: &str) -> Result<(usize, usize, usize), String> {
             .map(|c| if c.is_ascii_digit() { 'd' } else { c })
             .collect();
         if shape != "dddd-dd-ddTdd:dd:dd" {
-            return Err(format!("timestamp {stamp:?} is not an ISO 8601 date-time without zone"));
+            return Err(format!(
+                "timestamp {stamp:?} is not an ISO 8601 date-time without zone"
+            ));
         }
         decimal(suite)?;
         uint(suite, "id")?;
@@ -270,7 +326,9 @@ fn validate_junit(xml: &str) -> Result<(usize, usize, usize), String> {
             || names[n - 1] != "system-err"
             || names[1..n - 2].iter().any(|c| *c != "testcase")
         {
-            return Err(format!("<testsuite> children {names:?}: the schema wants properties, testcase*, system-out, system-err"));
+            return Err(format!(
+                "<testsuite> children {names:?}: the schema wants properties, testcase*, system-out, system-err"
+            ));
         }
         for property in elements(children[0]) {
             if property.tag_name().name() != "property" {
@@ -298,7 +356,10 @@ fn validate_junit(xml: &str) -> Result<(usize, usize, usize), String> {
                 }
             }
         }
-        if uint(suite, "tests")? != n - 3 || uint(suite, "failures")? != f || uint(suite, "errors")? != e {
+        if uint(suite, "tests")? != n - 3
+            || uint(suite, "failures")? != f
+            || uint(suite, "errors")? != e
+        {
             return Err("a suite's tests/failures/errors do not count its cases".into());
         }
         tests += n - 3;

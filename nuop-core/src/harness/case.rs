@@ -187,8 +187,9 @@ impl Parser<'_> {
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .join(path);
-        let text = (self.read)(&full)
-            .map_err(|e| self.error(&format!("{field}.file"), format!("cannot read {path}: {e}")))?;
+        let text = (self.read)(&full).map_err(|e| {
+            self.error(&format!("{field}.file"), format!("cannot read {path}: {e}"))
+        })?;
         objects_in(&text).map_err(|e| self.error(&format!("{field}.file"), format!("{path}: {e}")))
     }
 
@@ -198,10 +199,10 @@ impl Parser<'_> {
             ("kind", "/kind"),
             ("metadata.name", "/metadata/name"),
         ] {
-            if !value
+            if value
                 .pointer(pointer)
                 .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty())
+                .is_none_or(str::is_empty)
             {
                 return Err(self.error(
                     field,
@@ -265,7 +266,9 @@ pub fn parse_case(
             "validate" | "mutate" | "convert" => {
                 return Err(p.error(
                     "phase",
-                    format!("`{s}` (webhooks) is not supported yet; expected reconcile or finalize"),
+                    format!(
+                        "`{s}` (webhooks) is not supported yet; expected reconcile or finalize"
+                    ),
                 ));
             }
             "map" | "config" => {
@@ -445,7 +448,10 @@ pub fn validate_expect(expect: &Map<String, Value>) -> Result<(), (String, Strin
                         }
                     }
                     if matches!(key.as_str(), "cluster" | "absent")
-                        && item.pointer("/metadata/name").and_then(Value::as_str).is_none()
+                        && item
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .is_none()
                         && map.get("name").and_then(Value::as_str).is_none()
                     {
                         return fail(field, "needs metadata.name (or name)".into());
@@ -487,7 +493,10 @@ pub fn validate_expect(expect: &Map<String, Value>) -> Result<(), (String, Strin
             _ => {
                 return fail(
                     field,
-                    format!("unknown expectation; expected one of {}", EXPECT_KEYS.join(", ")),
+                    format!(
+                        "unknown expectation; expected one of {}",
+                        EXPECT_KEYS.join(", ")
+                    ),
                 );
             }
         }
@@ -518,14 +527,18 @@ mod tests {
         parse(text).expect_err("malformed").to_string()
     }
 
-    const INPUT: &str = "input: {apiVersion: v1, kind: ConfigMap, metadata: {name: s, namespace: n}}\n";
+    const INPUT: &str =
+        "input: {apiVersion: v1, kind: ConfigMap, metadata: {name: s, namespace: n}}\n";
 
     #[test]
     fn a_minimal_case_takes_its_name_from_the_file() {
         let case = parse(INPUT).expect("case");
         assert_eq!(case.name, "a");
         assert_eq!(case.phase, None);
-        assert!(!case.status_subresource, "ConfigMap has no status subresource");
+        assert!(
+            !case.status_subresource,
+            "ConfigMap has no status subresource"
+        );
         assert!(case.cluster.is_empty() && case.expect.is_empty());
     }
 
@@ -551,27 +564,67 @@ mod tests {
             ("", "s/tests/a.yaml: expected a mapping, found null"),
             ("input: [1\n", "s/tests/a.yaml: not a YAML mapping"),
             ("cluster: []\n", "s/tests/a.yaml: input: missing"),
-            ("input: {kind: X}\n", "s/tests/a.yaml: input: an object needs apiVersion"),
-            ("input: {file: nope.yaml}\n", "s/tests/a.yaml: input.file: cannot read nope.yaml"),
-            ("input: {file: fixtures/two.yaml}\n", "input.file: expected one object, found 2"),
+            (
+                "input: {kind: X}\n",
+                "s/tests/a.yaml: input: an object needs apiVersion",
+            ),
+            (
+                "input: {file: nope.yaml}\n",
+                "s/tests/a.yaml: input.file: cannot read nope.yaml",
+            ),
+            (
+                "input: {file: fixtures/two.yaml}\n",
+                "input.file: expected one object, found 2",
+            ),
             ("inptu: {}\n", "s/tests/a.yaml: inptu: unknown field"),
-            ("phase: validate\n", "phase: `validate` (webhooks) is not supported yet"),
+            (
+                "phase: validate\n",
+                "phase: `validate` (webhooks) is not supported yet",
+            ),
             ("phase: reconcle\n", "phase: unknown phase `reconcle`"),
             ("clock: 2026-01-01T00:00:00Z\n", "clock: not supported yet"),
             ("timeout: -1\n", "timeout: expected a positive number"),
-            ("cluster: [{kind: X}]\n", "cluster[0]: an object needs apiVersion"),
+            (
+                "cluster: [{kind: X}]\n",
+                "cluster[0]: an object needs apiVersion",
+            ),
             ("cluster: 3\n", "cluster: expected a list of objects"),
-            ("expect: {exit: two}\n", "expect.exit: expected an exit code"),
-            ("expect: {outcome: done}\n", "expect.outcome: expected one of"),
-            ("expect: {commands: [{kind: X}]}\n", "expect.commands[0]: needs `verb`"),
-            ("expect: {cluster: [{kind: X}]}\n", "expect.cluster[0]: needs metadata.name"),
-            ("expect: {logs: ['(']}\n", "expect.logs[0]: not a regular expression"),
-            ("expect: {requeue: soon}\n", "expect.requeue: expected seconds"),
-            ("expect: {outptu: {}}\n", "expect.outptu: unknown expectation"),
+            (
+                "expect: {exit: two}\n",
+                "expect.exit: expected an exit code",
+            ),
+            (
+                "expect: {outcome: done}\n",
+                "expect.outcome: expected one of",
+            ),
+            (
+                "expect: {commands: [{kind: X}]}\n",
+                "expect.commands[0]: needs `verb`",
+            ),
+            (
+                "expect: {cluster: [{kind: X}]}\n",
+                "expect.cluster[0]: needs metadata.name",
+            ),
+            (
+                "expect: {logs: ['(']}\n",
+                "expect.logs[0]: not a regular expression",
+            ),
+            (
+                "expect: {requeue: soon}\n",
+                "expect.requeue: expected seconds",
+            ),
+            (
+                "expect: {outptu: {}}\n",
+                "expect.outptu: unknown expectation",
+            ),
             ("expect: [1]\n", "expect: expected a mapping, found a list"),
         ];
         for (text, wanted) in cases {
-            let text = if text.starts_with("input") || text.starts_with("inptu") || text.is_empty() || text.starts_with("cluster: []") {
+            let text = if text.starts_with("input")
+                || text.starts_with("inptu")
+                || text.is_empty()
+                || text.starts_with("cluster: []")
+            {
                 text.to_string()
             } else {
                 format!("{INPUT}{text}")

@@ -392,7 +392,9 @@ pub fn updated(expect: &Map<String, Value>, actual: &Value) -> Map<String, Value
     let get = |key: &str| actual.get(key).unwrap_or(&null);
     if expect.is_empty() {
         let mut snapshot = Map::new();
-        for key in ["exit", "outcome", "error", "output", "commands", "events", "requeue"] {
+        for key in [
+            "exit", "outcome", "error", "output", "commands", "events", "requeue",
+        ] {
             let value = get(key);
             if matches!(key, "error" | "output") && value.is_null() {
                 continue;
@@ -446,7 +448,10 @@ pub fn updated(expect: &Map<String, Value>, actual: &Value) -> Map<String, Value
                         .iter()
                         .enumerate()
                         .map(|(i, a)| match expected.get(i) {
-                            Some(e) if e.is_object() && !project(a, e).as_object().is_none_or(Map::is_empty) => {
+                            Some(e)
+                                if e.is_object()
+                                    && !project(a, e).as_object().is_none_or(Map::is_empty) =>
+                            {
                                 project(a, e)
                             }
                             _ => a.clone(),
@@ -530,7 +535,10 @@ mod tests {
     }
 
     fn lines(e: Value) -> Vec<String> {
-        check(&expect(e), &actual()).iter().map(ToString::to_string).collect()
+        check(&expect(e), &actual())
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]

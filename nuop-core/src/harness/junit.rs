@@ -164,10 +164,19 @@ mod tests {
             "h",
         );
         assert!(xml.contains("<testsuite name=\"g\" timestamp=\"2026-01-01T00:00:00\" hostname=\"h\" tests=\"2\" failures=\"0\" errors=\"1\" time=\"3.000\" package=\"nuop\" id=\"0\">"), "{xml}");
-        assert!(xml.contains("tests=\"1\" failures=\"1\" errors=\"0\""), "{xml}");
+        assert!(
+            xml.contains("tests=\"1\" failures=\"1\" errors=\"0\""),
+            "{xml}"
+        );
         assert!(xml.contains("name=\"bad &lt;one&gt; [process]\""), "{xml}");
-        assert!(xml.contains("/exit: expected 0, got &quot;2&quot;\n/x: &amp; more</failure>"), "{xml}");
-        assert!(xml.contains("<error message=\"a&#10;b\" type=\"error\"></error>"), "{xml}");
+        assert!(
+            xml.contains("/exit: expected 0, got &quot;2&quot;\n/x: &amp; more</failure>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<error message=\"a&#10;b\" type=\"error\"></error>"),
+            "{xml}"
+        );
         assert_eq!(xml.matches("<testsuite ").count(), 2);
     }
 }

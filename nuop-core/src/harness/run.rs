@@ -138,7 +138,11 @@ impl CaseRun {
             Verdict::Failed(m) => Some(Problem {
                 error: false,
                 message: format!("{} expectation(s) did not hold", m.len()),
-                details: m.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+                details: m
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             }),
             Verdict::Error(e) => Some(Problem {
                 error: true,
@@ -180,11 +184,7 @@ pub fn find_cases(dirs: &[PathBuf]) -> std::io::Result<Vec<(Script, Vec<PathBuf>
         let mut files: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .is_some_and(|e| e == "yaml" || e == "yml")
-            })
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
             .collect();
         files.sort();
         if !files.is_empty() {
@@ -268,7 +268,19 @@ pub async fn run(
                 Ok(loaded) => match run_case(&loaded.0, &loaded.1, &case).await {
                     Err(e) => (Verdict::Error(e), None),
                     Ok(actual) => {
-                        let mismatches = check(&case.expect, &actual);
+                        let mismatches = if case.expect.is_empty() {
+                            // A case that checks nothing must not pass.
+                            vec![Mismatch {
+                                pointer: "expect".into(),
+                                expected: None,
+                                actual: None,
+                                note: Some(
+                                    "no expectations; `--update` records what happened".into(),
+                                ),
+                            }]
+                        } else {
+                            check(&case.expect, &actual)
+                        };
                         let verdict = if mismatches.is_empty() {
                             Verdict::Passed
                         } else {
@@ -413,7 +425,9 @@ fn target_of(object: &Value) -> Target {
             api_version: text(object, "/apiVersion").map(str::to_string),
         },
         namespace: text(object, "/metadata/namespace").map(str::to_string),
-        name: text(object, "/metadata/name").unwrap_or_default().to_string(),
+        name: text(object, "/metadata/name")
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
@@ -566,7 +580,8 @@ pub async fn run_case(
     config: &ScriptConfig,
     case: &Case,
 ) -> Result<Value, String> {
-    let fake = Arc::new(FakeCluster::new(case.cluster.clone()).map_err(|e| format!("cluster: {e}"))?);
+    let fake =
+        Arc::new(FakeCluster::new(case.cluster.clone()).map_err(|e| format!("cluster: {e}"))?);
     let primary = crate::devtools::primary_in(&fake, &case.input)
         .await
         .map_err(|e| format!("input: {e}"))?;
@@ -770,8 +785,14 @@ pub async fn run_case(
             };
             match cluster.execute(&field_manager, &write).await {
                 Ok(written) => {
-                    resource_version = text(&written, "/metadata/resourceVersion").map(str::to_string);
-                    events.push(event("Normal", "Updated", "Update", "script changes written"));
+                    resource_version =
+                        text(&written, "/metadata/resourceVersion").map(str::to_string);
+                    events.push(event(
+                        "Normal",
+                        "Updated",
+                        "Update",
+                        "script changes written",
+                    ));
                 }
                 Err(e) => {
                     write_error = Some(format!("failed to patch object: {e}"));
