@@ -47,6 +47,10 @@ enum Command {
     Check {
         /// The scripts root.
         dir: PathBuf,
+        /// `plain` (lines on stderr) or `json` (one `nu --ide-check` diagnostic per line
+        /// on stdout, for editors).
+        #[arg(long, default_value = "plain", value_parser = ["plain", "json"])]
+        format: String,
     },
     /// Run one phase of one script on an object read from stdin (YAML or JSON).
     Exec {
@@ -104,9 +108,16 @@ fn main() -> anyhow::Result<ExitCode> {
             .build()
     };
     match cli.command {
-        Some(Command::Check { dir }) => dev_runtime()?.block_on(async {
+        Some(Command::Check { dir, format }) => dev_runtime()?.block_on(async {
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-            let broken = nuop_core::devtools::check(&dir, cli.executor, &mut out, &mut err).await?;
+            let broken = nuop_core::devtools::check(
+                &dir,
+                cli.executor,
+                format == "json",
+                &mut out,
+                &mut err,
+            )
+            .await?;
             Ok(if broken == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -210,6 +210,68 @@ fn a_malformed_case_is_an_error_naming_the_file_and_the_field() {
 }
 
 #[test]
+fn check_reports_each_static_problem_with_file_line_and_column() {
+    let root = repo_root().join("nuop-standard/tests/check");
+    let root_arg = root.to_str().expect("utf-8 path");
+    let out = run(&["check", root_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lints = root.join("lints/mod.nu");
+    let lints = lints.display();
+    for wanted in [
+        format!("error: {}:6:37: The `k8s get` command doesn't have flag `nope`.", root.join("badflag/mod.nu").display()),
+        format!("warning: {lints}:9:15: `kubectl` spawns a process per call"),
+        format!("warning: {lints}:10:26: `k8s list secrets`: the config declares no such kind"),
+        format!("warning: {lints}:12:23: Flag deprecated."),
+        format!("warning: {lints}:16:1: `main finalize` is never called: the config declares no `finalizer`"),
+        "nofinalize: script nofinalize declares finalizer `nuop.dev/x` but has no `main finalize` command".to_string(),
+    ] {
+        assert!(stderr.contains(&wanted), "{wanted:?} in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("configmaps copy"),
+        "a declared kind is not reported: {stderr}"
+    );
+    assert_eq!(stdout(&out), "lints\tv1/ConfigMap\n");
+
+    let out = run(&["check", root_arg, "--format", "json"]);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON diagnostic per line"))
+        .collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for d in &lines {
+        assert_eq!(d["type"], "diagnostic");
+        assert!(
+            d["severity"] == "Error" || d["severity"] == "Warning",
+            "{d}"
+        );
+        assert!(
+            d["span"]["start"].is_u64() && d["span"]["end"].is_u64(),
+            "{d}"
+        );
+        assert!(
+            d["message"].is_string() && d["file"].is_string() && d["line"].is_u64(),
+            "{d}"
+        );
+    }
+    let flag = &lines[0];
+    assert_eq!(
+        (flag["line"].as_u64(), flag["column"].as_u64()),
+        (Some(6), Some(37)),
+        "{flag}"
+    );
+    let source = std::fs::read_to_string(root.join("badflag/mod.nu")).expect("source");
+    let span =
+        |k: &str| usize::try_from(flag["span"][k].as_u64().unwrap_or_default()).unwrap_or_default();
+    assert_eq!(
+        &source[span("start")..span("end")],
+        "--nope",
+        "the span covers the flag"
+    );
+}
+
+#[test]
 fn no_cases_is_a_failure() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = run_in(dir.path(), &["test"]);
