@@ -267,7 +267,7 @@ mod tests {
             .expect("an unknown flag is a parse error");
         assert_eq!(
             (error.file.as_str(), error.line, error.column),
-            ("/s/mod.nu", 2, 33),
+            ("/s/mod.nu", 2, 32),
             "{error:?}"
         );
 
@@ -278,7 +278,11 @@ mod tests {
             .iter()
             .find(|d| d.message.contains("kubectl"))
             .expect("kubectl");
-        assert_eq!((kubectl.line, kubectl.column), (2, 3), "{kubectl:?}");
+        assert_eq!(
+            (kubectl.line, kubectl.column),
+            (2, 4),
+            "the name after ^: {kubectl:?}"
+        );
         let kinds: Vec<(&str, &str, usize)> = a
             .kinds
             .iter()
