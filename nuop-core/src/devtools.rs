@@ -15,6 +15,7 @@ use crate::k8s::{Session, SessionParts};
 use crate::protocol::{
     Outcome, Phase, ScriptConfig, ScriptOutput, classify_output, parse_document,
 };
+use crate::script::embedded::lint;
 use crate::script::{CallRequest, ExecutorKind, Script, ScriptRunner, discover};
 
 /// One line describing a controller, as `check` prints it.
@@ -41,13 +42,20 @@ pub fn describe(config: &ScriptConfig) -> String {
 }
 
 /// Loads every `<root>/*/mod.nu`, runs `config`, and reports one line per controller
-/// and one error per broken script. Returns how many scripts are broken.
+/// and one error per broken script, plus the static findings of
+/// [`crate::script::embedded::lint`]: parse errors with file:line:column, `^kubectl`,
+/// deprecated commands, `k8s` commands on kinds the config does not declare, and phases
+/// that are never called. With `json`, every finding is one line on `out` in the shape
+/// of `nu --ide-check` (`{"type":"diagnostic","severity","message","span":{start,end}}`,
+/// plus `file`, `line` and `column`), and nothing else is printed there. Returns how
+/// many scripts are broken.
 ///
 /// # Errors
 /// When `root` cannot be read or a report cannot be written.
 pub async fn check(
     root: &Path,
     kind: ExecutorKind,
+    json: bool,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> std::io::Result<usize> {
@@ -63,6 +71,25 @@ pub async fn check(
     let mut broken = 0;
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     for script in &found.scripts {
+        let source = std::fs::read_to_string(&script.entry).unwrap_or_default();
+        let entry = script.entry.display().to_string();
+        let analysis = {
+            let (entry, source) = (entry.clone(), source.clone());
+            tokio::task::spawn_blocking(move || lint::analyze(&entry, &source))
+                .await
+                .unwrap_or_default()
+        };
+        if analysis
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == lint::Severity::Error)
+        {
+            broken += 1;
+            for d in &analysis.diagnostics {
+                report(d, json, out, err)?;
+            }
+            continue;
+        }
         match load_config(kind, script).await {
             Ok(config) => {
                 if let Some(first) = names.insert(config.name.clone(), script.name.clone()) {
@@ -77,7 +104,14 @@ pub async fn check(
                     for warning in crate::root::config_warnings(&config) {
                         writeln!(err, "warning: {}: {warning}", script.dir.display())?;
                     }
-                    let source = std::fs::read_to_string(&script.entry).unwrap_or_default();
+                    for d in analysis
+                        .diagnostics
+                        .iter()
+                        .cloned()
+                        .chain(config_findings(&config, &analysis, &source, &entry))
+                    {
+                        report(&d, json, out, err)?;
+                    }
                     let unavailable = unavailable_commands(&source);
                     if kind == ExecutorKind::Embedded && !unavailable.is_empty() {
                         broken += 1;
@@ -89,14 +123,27 @@ pub async fn check(
                                 script.entry.display()
                             )?;
                         }
-                    } else {
+                    } else if !json {
                         writeln!(out, "{}", describe(&config))?;
                     }
                 }
             }
             Err(message) => {
                 broken += 1;
-                writeln!(err, "error: {}: {message}", script.dir.display())?;
+                if json {
+                    let d = lint::Diagnostic {
+                        severity: lint::Severity::Error,
+                        message,
+                        file: entry.clone(),
+                        line: 1,
+                        column: 1,
+                        start: 0,
+                        end: 0,
+                    };
+                    report(&d, json, out, err)?;
+                } else {
+                    writeln!(err, "error: {}: {message}", script.dir.display())?;
+                }
             }
         }
     }
@@ -104,6 +151,120 @@ pub async fn check(
         writeln!(err, "warning: no */mod.nu under {}", root.display())?;
     }
     Ok(broken)
+}
+
+/// Writes one finding: `warning: file:line:column: message` on `err`, or its JSON line
+/// on `out`.
+fn report(
+    d: &lint::Diagnostic,
+    json: bool,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> std::io::Result<()> {
+    if json {
+        writeln!(out, "{}", diagnostic_json(d))
+    } else {
+        let level = match d.severity {
+            lint::Severity::Error => "error",
+            lint::Severity::Warning => "warning",
+        };
+        writeln!(
+            err,
+            "{level}: {}:{}:{}: {}",
+            d.file, d.line, d.column, d.message
+        )
+    }
+}
+
+/// A finding as `nu --ide-check` prints one, with its file, line and column added.
+pub fn diagnostic_json(d: &lint::Diagnostic) -> String {
+    serde_json::json!({
+        "type": "diagnostic",
+        "severity": d.severity.as_str(),
+        "message": d.message,
+        "span": {"start": d.start, "end": d.end},
+        "file": d.file,
+        "line": d.line,
+        "column": d.column,
+    })
+    .to_string()
+}
+
+/// The findings that need the config: `k8s` commands on kinds it does not declare (a
+/// read of an undeclared kind goes to the API server every time), and phases nothing
+/// calls (`main finalize` without a finalizer, `main map` without a `map: script`
+/// watch).
+pub fn config_findings(
+    config: &ScriptConfig,
+    analysis: &lint::Analysis,
+    source: &str,
+    entry: &str,
+) -> Vec<lint::Diagnostic> {
+    let mut found = Vec::new();
+    let declared: Vec<&str> = std::iter::once(config.kind.as_str())
+        .chain(
+            config
+                .owns
+                .iter()
+                .chain(&config.watches)
+                .chain(&config.reads)
+                .map(|r| r.kind.as_str()),
+        )
+        .collect();
+    for k in &analysis.kinds {
+        if !declared.iter().any(|d| lint::names_kind(&k.kind, d)) {
+            let mut d = k.at.clone();
+            d.message = format!(
+                "`k8s {} {}`: the config declares no such kind under owns, watches or reads, \
+                 so {} goes to the API server on every call",
+                k.verb,
+                k.kind,
+                if matches!(k.verb.as_str(), "get" | "list") {
+                    "the read is not cached and"
+                } else {
+                    "the write is not watched and"
+                }
+            );
+            found.push(d);
+        }
+    }
+    let line_of = |phase: Phase| {
+        source
+            .lines()
+            .position(|l| crate::script::defines_phase(l, phase))
+            .map_or(1, |i| i + 1)
+    };
+    let at = |line: usize, message: String| lint::Diagnostic {
+        severity: lint::Severity::Warning,
+        message,
+        file: entry.to_string(),
+        line,
+        column: 1,
+        start: source.lines().take(line - 1).map(|l| l.len() + 1).sum(),
+        end: source
+            .lines()
+            .take(line)
+            .map(|l| l.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1),
+    };
+    if config.finalizer.is_none() && crate::script::defines_phase(source, Phase::Finalize) {
+        found.push(at(
+            line_of(Phase::Finalize),
+            "`main finalize` is never called: the config declares no `finalizer`".into(),
+        ));
+    }
+    let maps_by_script = config
+        .watches
+        .iter()
+        .any(|w| w.map == crate::protocol::Mapper::Script);
+    if !maps_by_script && crate::script::defines_phase(source, Phase::Map) {
+        found.push(at(
+            line_of(Phase::Map),
+            "`main map` is never called: no `watches` entry has `map: script`".into(),
+        ));
+    }
+    found
 }
 
 async fn load_config(kind: ExecutorKind, script: &Script) -> Result<ScriptConfig, String> {
@@ -465,7 +626,7 @@ pub async fn exec(
 }
 
 /// The primary as the fake cluster holds it, added first when absent.
-async fn primary_in(
+pub(crate) async fn primary_in(
     fake: &FakeCluster,
     object: &serde_json::Value,
 ) -> Result<serde_json::Value, String> {

@@ -21,12 +21,14 @@
 //! - [`telemetry`]: logs, OTLP traces and the termination signal.
 //! - [`init`]: reaping orphans when a binary runs as PID 1.
 //! - [`devtools`]: `check` and `exec` for script authors.
+//! - [`harness`]: `nuop-standard test`, script test cases run without a cluster.
 //! - `testing` (cargo feature `testing`, test builds only): connecting tests to the real
 //!   local control plane.
 
 pub mod cluster;
 pub mod controller;
 pub mod devtools;
+pub mod harness;
 pub mod health;
 pub mod informers;
 pub mod init;

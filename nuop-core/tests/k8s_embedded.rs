@@ -303,10 +303,15 @@ async fn a_wrong_flag_is_a_parse_error_with_file_and_line() {
         Ok(_) => panic!("a wrong flag must not load"),
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let broken =
-        nuop_core::devtools::check(root.path(), ExecutorKind::Embedded, &mut out, &mut err)
-            .await
-            .expect("check");
+    let broken = nuop_core::devtools::check(
+        root.path(),
+        ExecutorKind::Embedded,
+        false,
+        &mut out,
+        &mut err,
+    )
+    .await
+    .expect("check");
     let err = String::from_utf8_lossy(&err);
     assert_eq!(broken, 1, "{err}");
     assert!(

@@ -1,12 +1,12 @@
 //! `nuop-standard`: script controllers baked into the image, plus the script author's
-//! `check` and `exec` tools. Parses arguments and hands over to nuop-core.
+//! `check`, `exec` and `test` tools. Parses arguments and hands over to nuop-core.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nuop_core::controller::ControllerOptions;
 use nuop_core::health::Readiness;
 use nuop_core::protocol::Phase;
@@ -47,6 +47,10 @@ enum Command {
     Check {
         /// The scripts root.
         dir: PathBuf,
+        /// `plain` (lines on stderr) or `json` (one `nu --ide-check` diagnostic per line
+        /// on stdout, for editors).
+        #[arg(long, default_value = "plain", value_parser = ["plain", "json"])]
+        format: String,
     },
     /// Run one phase of one script on an object read from stdin (YAML or JSON).
     Exec {
@@ -62,6 +66,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         cluster: Option<PathBuf>,
     },
+    /// Run the test cases of scripts (`<script>/tests/*.yaml`) without a cluster, on
+    /// both executors unless `--executor` names one; ends with `N passed, N failed`.
+    Test {
+        /// Script directories (holding mod.nu) or scripts roots (default: `.`).
+        dirs: Vec<PathBuf>,
+        /// Rewrite the expectations that do not hold from the actual results.
+        #[arg(long)]
+        update: bool,
+        /// Also write a JUnit XML report to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Cases run at once (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
 }
 
 /// The Lease name used when `--leader-election-id` is not given.
@@ -72,16 +91,33 @@ fn main() -> anyhow::Result<ExitCode> {
     if let Some(code) = nuop_core::init::run_if_pid1() {
         std::process::exit(code);
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // `test` runs both executors unless `--executor` was given on the command line.
+    let executor_given = matches.value_source("executor")
+        == Some(clap::parser::ValueSource::CommandLine)
+        || matches.subcommand().is_some_and(|(_, m)| {
+            m.value_source("executor") == Some(clap::parser::ValueSource::CommandLine)
+        });
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let dev_runtime = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
     };
     match cli.command {
-        Some(Command::Check { dir }) => dev_runtime()?.block_on(async {
+        Some(Command::Check { dir, format }) => dev_runtime()?.block_on(async {
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-            let broken = nuop_core::devtools::check(&dir, cli.executor, &mut out, &mut err).await?;
+            let broken = nuop_core::devtools::check(
+                &dir,
+                cli.executor,
+                format == "json",
+                &mut out,
+                &mut err,
+            )
+            .await?;
             Ok(if broken == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -118,6 +154,40 @@ fn main() -> anyhow::Result<ExitCode> {
             )
             .await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }),
+        Some(Command::Test {
+            dirs,
+            update,
+            junit,
+            jobs,
+        }) => dev_runtime()?.block_on(async {
+            let dirs = if dirs.is_empty() {
+                vec![PathBuf::from(".")]
+            } else {
+                dirs
+            };
+            let options = nuop_core::harness::Options {
+                executors: if executor_given {
+                    vec![cli.executor]
+                } else {
+                    vec![ExecutorKind::Embedded, ExecutorKind::Process]
+                },
+                update,
+                jobs: jobs.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+                }),
+            };
+            let mut out = std::io::stdout().lock();
+            let runs = nuop_core::harness::run::run(&dirs, &options, &mut out).await?;
+            if let Some(path) = junit {
+                std::fs::write(&path, nuop_core::harness::run::junit_report(&runs))
+                    .map_err(|e| anyhow::anyhow!("cannot write --junit {}: {e}", path.display()))?;
+            }
+            Ok(if !runs.is_empty() && runs.iter().all(|r| r.passed()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }),
         None => {
             let options = cli

@@ -62,7 +62,7 @@ fn error(verb: &str, target: String, code: ErrorCode, reason: String) -> K8sErro
 }
 
 /// `now` as RFC 3339 UTC with seconds (as the API server writes timestamps).
-fn timestamp() -> String {
+pub(crate) fn timestamp() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

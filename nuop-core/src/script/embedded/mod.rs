@@ -32,6 +32,7 @@
 mod commands;
 mod convert;
 pub mod k8s;
+pub mod lint;
 mod output;
 mod print;
 
@@ -74,7 +75,7 @@ pub fn passed_to_scripts(name: &str) -> bool {
     !(name.starts_with("OTEL_") || name.starts_with("NUOP_"))
 }
 
-fn build_base_engine() -> EngineState {
+pub(crate) fn build_base_engine() -> EngineState {
     // Nushell's `merge_env` (run when a script is loaded) would otherwise move the whole
     // process into that script's directory: the operator's working directory must not
     // depend on which script loaded last, nor vanish with a replaced git checkout.
