@@ -83,11 +83,19 @@ fn passing_cases_pass_on_both_executors() {
 }
 
 #[test]
-fn k8s_commands_are_served_by_the_fake_cluster() {
-    let out = run(&["test", "k8s", "--executor", "embedded"]);
+fn k8s_commands_are_served_by_the_fake_cluster_on_both_executors() {
+    let out = run(&["test", "k8s"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert_eq!(last_line(&text), "2 passed, 0 failed", "{text}");
+    for executor in ["embedded", "process"] {
+        assert!(
+            text.contains(&format!(
+                "ok    k8s/copier/tests/copies.yaml: copies to s-copy [{executor}]"
+            )),
+            "{text}"
+        );
+    }
+    assert_eq!(last_line(&text), "4 passed, 0 failed", "{text}");
 }
 
 #[test]
