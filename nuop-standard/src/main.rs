@@ -1,5 +1,5 @@
 //! `nuop-standard`: script controllers baked into the image, plus the script author's
-//! `check`, `exec` and `test` tools. Parses arguments and hands over to nuop-core.
+//! `check`, `exec`, `test` and `stubs` tools. Parses arguments and hands over to nuop-core.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -80,6 +80,17 @@ enum Command {
         /// Cases run at once (default: the number of CPUs).
         #[arg(long)]
         jobs: Option<usize>,
+    },
+    /// Write the signatures of nuop's commands (`k8s …`) as a Nushell module, for
+    /// editors, language servers and `nu --ide-check`: save it as `nuop-k8s.nu` in a
+    /// directory outside the scripts, `use nuop-k8s.nu *` in the script, and give the
+    /// editor's `nu` that directory (`nu -I DIR --ide-check 100 mod.nu`). At run time
+    /// nuop resolves `nuop-k8s.nu` to its real commands.
+    Stubs {
+        /// Write to FILE instead of stdout; it must not be named `k8s.nu` (a module may
+        /// not export a command named like itself).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -189,6 +200,28 @@ fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }),
+        Some(Command::Stubs { output }) => {
+            let stubs = nuop_core::k8s::module::generate(nuop_core::k8s::module::Variant::Stubs);
+            match output {
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().lock().write_all(stubs.as_bytes())?;
+                }
+                Some(path) => {
+                    if path.file_name().is_some_and(|n| n == "k8s.nu") {
+                        anyhow::bail!(
+                            "--output {}: a module named k8s.nu may not export `k8s`; name it {}",
+                            path.display(),
+                            nuop_core::k8s::module::FILE_NAME
+                        );
+                    }
+                    std::fs::write(&path, stubs).map_err(|e| {
+                        anyhow::anyhow!("cannot write --output {}: {e}", path.display())
+                    })?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         None => {
             let options = cli
                 .operate

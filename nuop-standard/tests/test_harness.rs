@@ -94,8 +94,90 @@ fn k8s_commands_are_served_by_the_fake_cluster_on_both_executors() {
             )),
             "{text}"
         );
+        // Its `use nuop-k8s.nu *` (for editors) imports nuop's real commands.
+        assert!(
+            text.contains(&format!(
+                "ok    k8s/stubbed/tests/follows.yaml: takes the source's data [{executor}]"
+            )),
+            "{text}"
+        );
     }
-    assert_eq!(last_line(&text), "4 passed, 0 failed", "{text}");
+    assert_eq!(last_line(&text), "6 passed, 0 failed", "{text}");
+}
+
+/// `nu --ide-check 100 <script>`, with `lib` as its library directory when given:
+/// the diagnostics' messages (hints left out).
+fn ide_check(lib: Option<&Path>, script: &Path) -> Vec<String> {
+    let mut command = Command::new(nu_binary());
+    if let Some(lib) = lib {
+        command.arg("-I").arg(lib);
+    }
+    let out = command
+        .args(["--no-config-file", "--ide-check", "100"])
+        .arg(script)
+        .output()
+        .expect("run nu --ide-check");
+    assert!(out.status.success(), "nu --ide-check: {out:?}");
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .filter(|d| d["type"] == "diagnostic")
+        .map(|d| format!("{}: {}", d["severity"], d["message"]))
+        .collect()
+}
+
+#[test]
+fn the_stubs_let_nu_ide_check_know_the_k8s_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stubs = dir.path().join("nuop-k8s.nu");
+    let out = run(&["stubs", "--output", stubs.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let written = std::fs::read_to_string(&stubs).expect("stubs written");
+    assert!(written.contains("export def \"k8s get\" ["), "{written}");
+    assert_eq!(
+        stdout(&run(&["stubs"])),
+        written,
+        "stdout gets the same module"
+    );
+
+    // The fixture script `use`s the stubs and calls `k8s get` with flags.
+    let script = fixtures().join("k8s/stubbed/mod.nu");
+    assert_eq!(
+        ide_check(Some(dir.path()), &script),
+        Vec::<String>::new(),
+        "a correct script is clean"
+    );
+    assert!(
+        ide_check(None, &script)
+            .iter()
+            .any(|d| d.contains("Module not found")),
+        "without the stubs the `use` line is what fails"
+    );
+    // Known commands, not externals: a wrong flag is reported.
+    let wrong = dir.path().join("wrong");
+    std::fs::create_dir(&wrong).expect("mkdir");
+    let source = std::fs::read_to_string(&script).expect("script");
+    std::fs::write(
+        wrong.join("mod.nu"),
+        source.replace("--namespace $cm", "--nope $cm"),
+    )
+    .expect("write");
+    let found = ide_check(Some(dir.path()), &wrong.join("mod.nu"));
+    assert!(
+        found
+            .iter()
+            .any(|d| d == "\"Error\": \"The `k8s get` command doesn't have flag `nope`.\""),
+        "{found:?}"
+    );
+
+    let named_k8s = dir.path().join("k8s.nu");
+    let out = run(&["stubs", "-o", named_k8s.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("name it nuop-k8s.nu"),
+        "{out:?}"
+    );
+    assert!(!named_k8s.exists());
 }
 
 #[test]

@@ -22,7 +22,11 @@
 //! script's top level runs and restored for `main <phase>`, so, as with the embedded
 //! engine (whose top level runs once, at load), `k8s` commands at the top level fail
 //! as outside a call. A timeout or a dropped call revokes the token and cancels the
-//! session's commands; a finished call only revokes it. An executable entry point
+//! session's commands; a finished call only revokes it. The module's directory is
+//! passed as a library directory (`-I`), so a script's own `use nuop-k8s.nu *` (the
+//! line editors need for the stubs of `nuop-standard stubs`) imports the same module,
+//! unless a file of that name sits beside the script (stubs there fail every command
+//! loudly as stubs). An executable entry point
 //! (shebang) is started as it is: it gets the socket and token but no module.
 //!
 //! The child gets the operator's environment minus the operator's own settings
@@ -164,6 +168,12 @@ impl ProcessScript {
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            // The module's directory is a library directory, so a script's own
+            // `use nuop-k8s.nu *` (for editors, see `nuop-standard stubs`) finds the
+            // real module, unless a file of that name sits beside the script.
+            if let Some(dir) = server.as_ref().and_then(|s| s.module_path().parent()) {
+                command.arg("-I").arg(dir);
+            }
             command
                 .args(["--no-config-file", "--stdin", "-c"])
                 .arg(nu_command_line(

@@ -101,6 +101,18 @@ pub(crate) fn build_base_engine() -> EngineState {
         for command in commands::refused() {
             working_set.add_decl(Box::new(command));
         }
+        // `use nuop-k8s.nu *` (the line that makes the editor stubs of `nuop-standard
+        // stubs` known to an editor) imports nothing here: the commands are built in. A
+        // virtual path wins over a file of that name, so stubs beside the script never
+        // shadow them (test `test_harness::k8s_commands_are_served_by_the_fake_cluster_on_both_executors`).
+        let module = working_set.add_file(
+            crate::k8s::module::FILE_NAME,
+            b"# nuop's k8s commands are built into the embedded engine.\n",
+        );
+        let _ = working_set.add_virtual_path(
+            crate::k8s::module::FILE_NAME.to_string(),
+            nu_protocol::engine::VirtualPath::File(module),
+        );
         working_set.render()
     };
     // Adding declarations to a fresh engine cannot conflict with anything.
