@@ -16,7 +16,9 @@ def "main config" [] {
     group: "examples.nuop.dev"
     version: "v1alpha1"
     kind: "Greeting"
-    # The owns watch wakes a Greeting when its child changes; this is a safety net only.
+    # The owns watch wakes a Greeting when its child changes; periodic reconciles are a
+    # safety net only.
+    requeue_after_change: 300
     requeue_after_noop: 300
     owns: [{apiVersion: "v1", kind: "ConfigMap"}]
   } | to yaml

@@ -38,9 +38,9 @@ def "main config" [] {
     kind: "Secret"
     labelSelectors: { "nuop.dev/clone": "true" }
     finalizer: "nuop.dev/secret-cloner"
-    requeue_after_change: 10
-    # The watches below wake a source when something it depends on changes; this is a
-    # safety net only.
+    # The watches below wake a source when something it depends on changes (its own
+    # writes included); periodic reconciles are a safety net only.
+    requeue_after_change: 300
     requeue_after_noop: 300
     timeout: 60
     watches: [
