@@ -39,6 +39,7 @@ async fn measure(runner: &ScriptRunner, input: &str, warmup: usize, calls: usize
         input: Some(input.to_string()),
         controller: "bench".into(),
         timeout: Duration::from_secs(30),
+        k8s: None,
     };
     for _ in 0..warmup {
         let r = runner.call(request()).await.expect("warm-up call");

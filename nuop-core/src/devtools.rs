@@ -7,11 +7,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol::{
     Outcome, Phase, ScriptConfig, ScriptOutput, classify_output, parse_document,
 };
+use crate::cluster::{FakeCluster, KindName, PatchType, Propagation, Request};
+use crate::k8s::{Session, SessionParts};
 use crate::script::{CallRequest, ExecutorKind, Script, ScriptRunner, discover};
 
 /// One line describing a controller, as `check` prints it.
@@ -194,18 +197,126 @@ fn strip_strings_and_comment(line: &str) -> String {
     out
 }
 
+/// One line per request a script issued, as `exec --cluster` lists them:
+/// `get configmaps team-a/app`, `list configmaps -A -l a=b`, `apply v1/ConfigMap n/x`.
+pub fn describe_request(request: &Request) -> String {
+    let at = |namespace: &Option<String>, name: &str| match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    };
+    let object = |o: &serde_json::Value| {
+        let t = |p: &str| o.pointer(p).and_then(serde_json::Value::as_str).unwrap_or("?");
+        let ns = o.pointer("/metadata/namespace").and_then(serde_json::Value::as_str);
+        let name = o
+            .pointer("/metadata/name")
+            .or_else(|| o.pointer("/metadata/generateName"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?");
+        format!(
+            "{}/{} {}",
+            t("/apiVersion"),
+            t("/kind"),
+            at(&ns.map(str::to_string), name)
+        )
+    };
+    let kind = |k: &KindName| match &k.api_version {
+        Some(v) => format!("{} --api-version {v}", k.kind),
+        None => k.kind.clone(),
+    };
+    let flag = |on: bool, name: &str| if on { format!(" --{name}") } else { String::new() };
+    match request {
+        Request::Get { target, live } => format!(
+            "get {} {}{}",
+            kind(&target.kind),
+            at(&target.namespace, &target.name),
+            flag(*live, "live")
+        ),
+        Request::List {
+            kind: k,
+            namespace,
+            labels,
+            fields,
+            live,
+        } => {
+            let mut line = format!("list {}", kind(k));
+            match namespace {
+                Some(ns) => line.push_str(&format!(" -n {ns}")),
+                None => line.push_str(" -A"),
+            }
+            if let Some(l) = labels {
+                line.push_str(&format!(" -l '{l}'"));
+            }
+            if let Some(f) = fields {
+                line.push_str(&format!(" --field-selector '{f}'"));
+            }
+            line + &flag(*live, "live")
+        }
+        Request::Apply {
+            object: o,
+            status,
+            dry_run,
+        } => format!(
+            "apply {}{}{}",
+            object(o),
+            flag(*status, "status"),
+            flag(*dry_run, "dry-run")
+        ),
+        Request::Patch {
+            target,
+            patch_type,
+            patch,
+            status,
+        } => format!(
+            "patch {} {} --type {} {}{}",
+            kind(&target.kind),
+            at(&target.namespace, &target.name),
+            match patch_type {
+                PatchType::Merge => "merge",
+                PatchType::Json => "json",
+            },
+            patch,
+            flag(*status, "status")
+        ),
+        Request::Create { object: o, dry_run } => {
+            format!("create {}{}", object(o), flag(*dry_run, "dry-run"))
+        }
+        Request::Delete {
+            target,
+            propagation,
+        } => format!(
+            "delete {} {}{}",
+            kind(&target.kind),
+            at(&target.namespace, &target.name),
+            match propagation {
+                Propagation::Background => "",
+                Propagation::Foreground => " --propagation foreground",
+                Propagation::Orphan => " --propagation orphan",
+            }
+        ),
+    }
+}
+
 /// Runs one phase of one script on an object read from `input` (YAML or JSON), writing
 /// the answer to `out` and the script's log to `err`. Returns the exit code to end with:
 /// the script's own (0 or 2), or 1 for any error including a timeout.
 ///
+/// With `cluster` (the text of a file of objects: a YAML or JSON list, multi-document
+/// YAML, or a `kind: List`), the script's `k8s` commands are served by an in-memory
+/// [`FakeCluster`] holding those objects and the input object (added when the file does
+/// not hold it, so it has a uid for owner references; the script gets the cluster's
+/// copy), and the commands it issued are listed on `err` after its log, one per line
+/// under `k8s commands issued:`.
+///
 /// # Errors
 /// When the reports cannot be written.
+#[allow(clippy::too_many_arguments)]
 pub async fn exec(
     dir: &Path,
     phase: Phase,
     kind: ExecutorKind,
     timeout: Option<Duration>,
     input: &str,
+    cluster: Option<&str>,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> std::io::Result<i32> {
@@ -221,15 +332,23 @@ pub async fn exec(
             return Ok(1);
         }
     };
-    // Without `--timeout`, the script's own configured timeout, as in the operator.
-    let timeout = match timeout {
-        Some(t) => t,
-        None => runner
-            .config(crate::protocol::DEFAULT_TIMEOUT)
-            .await
-            .map(|c| c.timeout)
-            .unwrap_or(crate::protocol::DEFAULT_TIMEOUT),
+    let fake = match cluster.map(FakeCluster::from_text).transpose() {
+        Ok(fake) => fake.map(Arc::new),
+        Err(e) => {
+            writeln!(err, "error: --cluster: {e}")?;
+            return Ok(1);
+        }
     };
+    // Without `--timeout`, the script's own configured timeout, as in the operator; the
+    // config's `owns` when a cluster serves the commands.
+    let config = if timeout.is_none() || fake.is_some() {
+        runner.config(crate::protocol::DEFAULT_TIMEOUT).await.ok()
+    } else {
+        None
+    };
+    let timeout = timeout
+        .or_else(|| config.as_ref().map(|c| c.timeout))
+        .unwrap_or(crate::protocol::DEFAULT_TIMEOUT);
 
     if phase == Phase::Config {
         return match runner.config(timeout).await {
@@ -258,22 +377,54 @@ pub async fn exec(
             return Ok(1);
         }
     };
+    let controller = config
+        .as_ref()
+        .map_or_else(|| script.name.clone(), |c| c.name.clone());
+    let (object, session) = match &fake {
+        None => (object, None),
+        Some(fake) => {
+            let object = match primary_in(fake, &object).await {
+                Ok(o) => o,
+                Err(e) => {
+                    writeln!(err, "error: --cluster: the input object: {e}")?;
+                    return Ok(1);
+                }
+            };
+            let session = Session::new(SessionParts {
+                controller: controller.clone(),
+                primary: object.clone(),
+                owns: config.as_ref().map(|c| c.owns.clone()).unwrap_or_default(),
+                cluster: fake.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                deadline: std::time::Instant::now() + timeout,
+            });
+            (object, Some(session))
+        }
+    };
     let result = runner
         .call(CallRequest {
             phase,
             input: Some(object.to_string()),
-            controller: script.name.clone(),
+            controller,
             timeout,
+            k8s: session.clone(),
         })
         .await;
+    let issued = session.as_ref().map(|s| s.issued());
     let result = match result {
         Ok(r) => r,
         Err(e) => {
+            if let Some(issued) = &issued {
+                write_issued(err, issued)?;
+            }
             writeln!(err, "error: {e}")?;
             return Ok(1);
         }
     };
     write!(err, "{}", result.stderr.with_note())?;
+    if let Some(issued) = &issued {
+        write_issued(err, issued)?;
+    }
     let outcome = Outcome::from_exit_code(result.code);
     match classify_output(&result.stdout.text, result.returned.as_ref()) {
         Ok(ScriptOutput::Object(obj)) => {
@@ -301,6 +452,52 @@ pub async fn exec(
     })
 }
 
+/// The primary as the fake cluster holds it, added first when absent.
+async fn primary_in(fake: &FakeCluster, object: &serde_json::Value) -> Result<serde_json::Value, String> {
+    use crate::cluster::{Cluster, Target};
+    let text = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    let target = Target {
+        kind: KindName {
+            kind: text("/kind").unwrap_or_default(),
+            api_version: text("/apiVersion"),
+        },
+        namespace: text("/metadata/namespace"),
+        name: text("/metadata/name").unwrap_or_default(),
+    };
+    fake.learn_kind(object);
+    let get = Request::Get {
+        target,
+        live: false,
+    };
+    match fake.execute("", &get).await {
+        Ok(found) if found.is_object() => Ok(found),
+        Ok(_) => fake
+            .execute(
+                "",
+                &Request::Create {
+                    object: object.clone(),
+                    dry_run: false,
+                },
+            )
+            .await
+            .map_err(|e| e.reason),
+        Err(e) => Err(e.reason),
+    }
+}
+
+fn write_issued(err: &mut impl Write, issued: &[Request]) -> std::io::Result<()> {
+    writeln!(err, "k8s commands issued: {}", issued.len())?;
+    for request in issued {
+        writeln!(err, "  {}", describe_request(request))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +513,52 @@ mod tests {
             .collect();
         assert_eq!(found, vec![(2, "stor"), (5, "query db"), (6, "history")]);
         assert!(unavailable_commands("print (input-output)").is_empty());
+    }
+
+    #[test]
+    fn issued_requests_read_like_commands() {
+        let target = crate::cluster::Target {
+            kind: KindName {
+                kind: "configmaps".into(),
+                api_version: None,
+            },
+            namespace: Some("n".into()),
+            name: "a".into(),
+        };
+        let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n"}});
+        let lines: Vec<String> = [
+            Request::Get { target: target.clone(), live: true },
+            Request::List {
+                kind: target.kind.clone(),
+                namespace: None,
+                labels: Some("a=b".into()),
+                fields: Some("metadata.name=a".into()),
+                live: false,
+            },
+            Request::Apply { object: object.clone(), status: false, dry_run: true },
+            Request::Patch {
+                target: target.clone(),
+                patch_type: PatchType::Merge,
+                patch: json!({"data": {"k": "v"}}),
+                status: true,
+            },
+            Request::Create { object, dry_run: false },
+            Request::Delete { target, propagation: Propagation::Orphan },
+        ]
+        .iter()
+        .map(describe_request)
+        .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "get configmaps n/a --live",
+                "list configmaps -A -l 'a=b' --field-selector 'metadata.name=a'",
+                "apply v1/ConfigMap n/a --dry-run",
+                r#"patch configmaps n/a --type merge {"data":{"k":"v"}} --status"#,
+                "create v1/ConfigMap n/a",
+                "delete configmaps n/a --propagation orphan",
+            ]
+        );
     }
 
     #[test]

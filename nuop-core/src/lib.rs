@@ -5,6 +5,9 @@
 //!   or as `nu` child processes.
 //! - [`reconcile`]: the per-object pipeline (finalizer, script, write-back, events).
 //! - [`controller`]: one kube-runtime controller per script.
+//! - [`informers`]: the per-process registry of shared watches and caches (owns,
+//!   watches, reads).
+//! - [`triggers`]: which related changes wake which primaries (pure).
 //! - [`k8s`]: the `k8s` commands scripts call (signatures, wire form, errors).
 //! - [`cluster`]: what those commands run against (live, fake, recording).
 //! - [`root`]: loading a scripts root (every `*/mod.nu` under it), for both modes.
@@ -24,6 +27,7 @@ pub mod cluster;
 pub mod controller;
 pub mod devtools;
 pub mod health;
+pub mod informers;
 pub mod init;
 pub mod k8s;
 pub mod leader;
@@ -38,6 +42,7 @@ pub mod standard;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod triggers;
 
 /// Installs aws-lc-rs as rustls' process-wide provider (idempotent).
 ///

@@ -80,6 +80,16 @@ pub struct Metrics {
     /// 1 for the revision each source runs (managed mode): one series per source, the
     /// previous revision's removed when a new one is taken.
     pub source_revision: IntGaugeVec,
+    /// Objects in the shared informer caches (owns, watches, reads), by kind.
+    pub informer_objects: IntGaugeVec,
+    /// Shared watches running now (one per kind, namespace and selectors).
+    pub informer_watches: IntGauge,
+    /// Subscriptions held on the shared watches (one per controller and declared kind
+    /// and namespace).
+    pub informer_subscriptions: IntGauge,
+    /// Times a controller fell behind a shared watch's changes and reconciled every
+    /// object instead, by controller and kind.
+    pub informer_lagged: IntCounterVec,
 }
 
 /// Holds a gauge one higher while alive: incremented on creation, decremented on drop,
@@ -204,6 +214,24 @@ impl Metrics {
                 "nuop_source_revision_info",
                 "1 for the git revision each source runs (managed mode).",
                 &["source", "revision"],
+            ),
+            informer_objects: gauge_vec(
+                "nuop_informer_cached_objects",
+                "Objects in the shared informer caches (owns, watches, reads), by kind.",
+                &["kind"],
+            ),
+            informer_watches: gauge(
+                "nuop_informer_watches",
+                "Shared watches running now (one per kind, namespace and selectors).",
+            ),
+            informer_subscriptions: gauge(
+                "nuop_informer_subscriptions",
+                "Subscriptions held on the shared watches.",
+            ),
+            informer_lagged: counter(
+                "nuop_informer_lagged_total",
+                "Times a controller fell behind a shared watch and reconciled everything instead.",
+                &["controller", "kind"],
             ),
             registry,
         }

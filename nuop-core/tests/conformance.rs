@@ -49,6 +49,7 @@ async fn call(
             input: Some(configmap().to_string()),
             controller: name.to_string(),
             timeout,
+            k8s: None,
         })
         .await
 }
@@ -70,6 +71,7 @@ async fn no_change_exits_zero_with_empty_output() {
                 input: Some(input.to_string()),
                 controller: "add-label".into(),
                 timeout: Duration::from_secs(30),
+                k8s: None,
             })
             .await
             .expect("call");
@@ -375,6 +377,7 @@ async fn embedded_calls_run_concurrently_and_exit_does_not_end_the_process() {
             input: Some(configmap().to_string()),
             controller: "add-label".into(),
             timeout: Duration::from_secs(30),
+            k8s: None,
         })
     });
     let results = futures::future::join_all(calls).await;

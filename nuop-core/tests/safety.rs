@@ -47,6 +47,7 @@ fn request(phase: Phase, data: serde_json::Value, timeout: Duration) -> CallRequ
         ),
         controller: "safety".into(),
         timeout,
+        k8s: None,
     }
 }
 

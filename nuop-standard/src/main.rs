@@ -57,6 +57,10 @@ enum Command {
         /// Seconds the call may run (default: the script's configured `timeout`, else 30).
         #[arg(long)]
         timeout: Option<f64>,
+        /// Serve the script's `k8s` commands from the objects in FILE (a YAML list,
+        /// multi-document YAML or a JSON list) and list the commands it issued on stderr.
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<PathBuf>,
     },
 }
 
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<ExitCode> {
             dir,
             phase,
             timeout,
+            cluster,
         }) => dev_runtime()?.block_on(async {
             let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
             let mut input = String::new();
@@ -95,12 +100,19 @@ fn main() -> anyhow::Result<ExitCode> {
                 std::io::stdin().read_to_string(&mut input)?;
             }
             let timeout = timeout.map(Duration::from_secs_f64);
+            let cluster = match cluster {
+                Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!("cannot read --cluster {}: {e}", path.display())
+                })?),
+                None => None,
+            };
             let code = nuop_core::devtools::exec(
                 &dir,
                 phase,
                 cli.executor,
                 timeout,
                 &input,
+                cluster.as_deref(),
                 &mut out,
                 &mut err,
             )

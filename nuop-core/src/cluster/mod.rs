@@ -5,7 +5,9 @@
 //! in-memory fake (for `exec --cluster`, the script test harness and unit tests), and a
 //! recording decorator (the commands a call issued). A [`Request`] is fully resolved:
 //! defaults (the primary's namespace, owner references) were applied by the per-call
-//! session before it got here.
+//! session before it got here, except that a namespace given for a cluster-scoped
+//! kind is ignored. Kind resolution ([`Cluster::resolve`], pure matching in
+//! [`resolve_among`]) tells the session a kind's scope and identity.
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -149,5 +151,30 @@ pub trait Cluster: Send + Sync {
         field_manager: &'a str,
         request: &'a Request,
     ) -> BoxFuture<'a, Result<Value, K8sError>>;
+
+    /// Resolves a kind as a script wrote it (Kind, plural, kind.group, `--api-version`)
+    /// to the kind the cluster serves. The default knows only [`builtin_kinds`].
+    ///
+    /// # Errors
+    /// [`crate::k8s::ErrorCode::UnknownKind`] when nothing (or more than one group)
+    /// answers to the name; the error's verb is `resolve`, for the caller to replace.
+    fn resolve<'a>(&'a self, kind: &'a KindName) -> BoxFuture<'a, Result<ResolvedKind, K8sError>> {
+        Box::pin(async move {
+            let served: Vec<(ResolvedKind, bool)> =
+                builtin_kinds().into_iter().map(|k| (k, true)).collect();
+            resolve_among(&served, kind)
+        })
+    }
 }
+
+pub mod fake;
+mod kinds;
 pub mod live;
+pub mod recording;
+
+pub use fake::FakeCluster;
+pub use kinds::{
+    ResolvedKind, builtin_kinds, list_target, object_target, resolve_among, split_api_version,
+};
+pub use live::{CachedKind, LiveCluster};
+pub use recording::Recording;

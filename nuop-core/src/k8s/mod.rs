@@ -7,6 +7,18 @@
 //! a call into the same [`Invocation`] (positionals by name, flags by long name, the
 //! pipeline input as JSON), and one Rust function interprets it, so the two executors
 //! cannot drift apart in what a command means.
+//!
+//! Submodules: [`command`] (an invocation checked and typed), [`selector`] (label and
+//! field selectors), [`owner`] (owner references and nuop's labels), all pure, and
+//! [`session`] (one call's commands against a [`crate::cluster::Cluster`]).
+
+pub mod command;
+pub mod owner;
+pub mod selector;
+pub mod session;
+
+pub use command::K8sCommand;
+pub use session::{Session, SessionParts};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

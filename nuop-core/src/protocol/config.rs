@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::related::RelatedKind;
+use super::related::{ListKind, RelatedKind, parse_related};
 
 /// Default seconds before reconciling again after the script changed something.
 pub const DEFAULT_REQUEUE_AFTER_CHANGE: Duration = Duration::from_secs(10);
@@ -127,6 +127,13 @@ pub enum ConfigProblem {
         /// What is wrong with its value.
         reason: String,
     },
+    /// Something is wrong inside an entry of `owns`, `watches` or `reads`.
+    At {
+        /// Where, as a path: `watches[1].map`, `owns[0]` for the entry itself.
+        path: String,
+        /// What is wrong there.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ConfigProblem {
@@ -148,6 +155,7 @@ impl fmt::Display for ConfigProblem {
                 spellings.0, spellings.1
             ),
             Self::Invalid { field, reason } => write!(f, "field `{field}`: {reason}"),
+            Self::At { path, reason } => write!(f, "`{path}`: {reason}"),
         }
     }
 }
@@ -194,6 +202,9 @@ const FIELDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("timeout", &["timeout", "timeoutSeconds", "timeout_seconds"]),
+    ("owns", &["owns"]),
+    ("watches", &["watches"]),
+    ("reads", &["reads"]),
 ];
 
 /// Parses `config` output text (YAML or JSON) and validates it.
@@ -240,7 +251,7 @@ pub fn parse_config_value(script: &str, value: &Value) -> Result<ScriptConfig, C
     })
 }
 
-fn kind_of(value: &Value) -> &'static str {
+pub(super) fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",
@@ -286,7 +297,7 @@ fn suggest(key: &str) -> Option<&'static str> {
         .map(|(c, _)| c)
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -376,9 +387,9 @@ fn validate(value: &Value) -> Result<ScriptConfig, ConfigProblem> {
         requeue_after_noop: seconds(get("requeue_after_noop"), "requeue_after_noop", true)?
             .unwrap_or(DEFAULT_REQUEUE_AFTER_NOOP),
         timeout: seconds(get("timeout"), "timeout", true)?.unwrap_or(DEFAULT_TIMEOUT),
-        owns: Vec::new(),
-        watches: Vec::new(),
-        reads: Vec::new(),
+        owns: parse_related(get("owns"), ListKind::Owns)?,
+        watches: parse_related(get("watches"), ListKind::Watches)?,
+        reads: parse_related(get("reads"), ListKind::Reads)?,
     })
 }
 
@@ -389,7 +400,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigProblem {
     }
 }
 
-fn string_field(value: &Value, field: &'static str) -> Result<String, ConfigProblem> {
+pub(super) fn string_field(value: &Value, field: &'static str) -> Result<String, ConfigProblem> {
     match value {
         Value::String(s) => Ok(s.trim().to_string()),
         other => Err(invalid(
@@ -464,7 +475,7 @@ pub fn finalizer_warning(finalizer: &str) -> Option<String> {
     })
 }
 
-fn selectors(
+pub(super) fn selectors(
     value: Option<&Value>,
     field: &'static str,
 ) -> Result<BTreeMap<String, String>, ConfigProblem> {

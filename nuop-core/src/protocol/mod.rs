@@ -17,7 +17,7 @@ pub use outcome::{
     IdentityError, Outcome, OutputError, ScriptOutput, check_identity, classify_changed,
     classify_output,
 };
-pub use related::{Mapper, RelatedKind, Trigger};
+pub use related::{ListKind, Mapper, RelatedKind, Trigger};
 
 /// The subcommand of a script's `mod.nu` that a call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,11 +28,15 @@ pub enum Phase {
     Reconcile,
     /// `main finalize`: clean up before an object carrying our finalizer goes.
     Finalize,
+    /// `main map`: which primaries a changed related object concerns (`watches` with
+    /// `map: script`). Input: the related object; output: `[{namespace, name}]` or one
+    /// such record.
+    Map,
 }
 
 impl Phase {
     /// Every phase, in the order a controller uses them.
-    pub const ALL: [Phase; 3] = [Phase::Config, Phase::Reconcile, Phase::Finalize];
+    pub const ALL: [Phase; 4] = [Phase::Config, Phase::Reconcile, Phase::Finalize, Phase::Map];
 
     /// The subcommand name, as scripts and `NUOP_PHASE` spell it.
     pub fn as_str(self) -> &'static str {
@@ -40,6 +44,7 @@ impl Phase {
             Self::Config => "config",
             Self::Reconcile => "reconcile",
             Self::Finalize => "finalize",
+            Self::Map => "map",
         }
     }
 }
@@ -57,6 +62,8 @@ impl std::str::FromStr for Phase {
         Phase::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown phase `{s}`: expected config, reconcile or finalize"))
+            .ok_or_else(|| {
+                format!("unknown phase `{s}`: expected config, reconcile, finalize or map")
+            })
     }
 }

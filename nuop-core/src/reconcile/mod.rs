@@ -398,6 +398,7 @@ async fn call_script(
     object: &Value,
 ) -> Result<CallResult, ReconcileError> {
     let executor = ctx.runner.kind().as_str();
+    let k8s = session_for(ctx, object);
     let timer = METRICS
         .script_duration
         .with_label_values(&[ctx.config.name.as_str(), phase.as_str(), executor])
@@ -409,6 +410,7 @@ async fn call_script(
             input: Some(object.to_string()),
             controller: ctx.config.name.clone(),
             timeout: ctx.config.timeout,
+            k8s,
         })
         // One span per script call, inside the reconcile's span (exported as a trace).
         .instrument(tracing::info_span!(
@@ -421,6 +423,21 @@ async fn call_script(
     let result = result?;
     log_lines("stderr", &result.stderr.with_note());
     Ok(result)
+}
+
+/// The `k8s` session of one reconcile/finalize call of `object`, when the controller
+/// has a cluster: the object as primary, the config's `owns`, and the call's timeout
+/// as its deadline.
+fn session_for(ctx: &Context, object: &Value) -> Option<Arc<crate::k8s::Session>> {
+    let cluster = ctx.cluster.clone()?;
+    Some(crate::k8s::Session::new(crate::k8s::SessionParts {
+        controller: ctx.config.name.clone(),
+        primary: object.clone(),
+        owns: ctx.config.owns.clone(),
+        cluster,
+        runtime: tokio::runtime::Handle::current(),
+        deadline: std::time::Instant::now() + ctx.config.timeout,
+    }))
 }
 
 /// Logs what a call printed to stdout when it is not a desired object to write (exit

@@ -100,6 +100,9 @@ pub struct CallRequest {
     pub controller: String,
     /// How long the call may run before it is stopped.
     pub timeout: Duration,
+    /// What the call's `k8s` commands run against; none outside reconcile/finalize or
+    /// without a cluster (the commands then fail with `nuop::k8s::outside_call`).
+    pub k8s: Option<Arc<crate::k8s::Session>>,
 }
 
 /// What a finished call produced.
@@ -335,6 +338,7 @@ impl ScriptRunner {
                 input: None,
                 controller: name.clone(),
                 timeout,
+                k8s: None,
             })
             .await?;
         if result.code != 0 {

@@ -20,6 +20,9 @@
 //!   killed with its children (`a_cancelled_call_stops_its_loop_and_its_externals`).
 //! - Loading (parsing and the top level) runs under the same interrupt, bounded by a
 //!   load timeout (`a_top_level_that_hangs_is_a_load_error`).
+//! - `k8s` commands run against the call's [`crate::k8s::Session`] (`CallRequest::k8s`),
+//!   which a timeout or cancellation cancels too; outside a call they are refused
+//!   (`k8s_embedded::commands_outside_a_call_are_refused`), see [`k8s`].
 //! - Scripts see the pod's environment minus what is the operator's own business:
 //!   `OTEL_*` (collector endpoints and auth headers) and `NUOP_*` other than the
 //!   variables nuop sets per call (`the_operator_environment_is_not_passed_on`).
@@ -28,6 +31,7 @@
 
 mod commands;
 mod convert;
+pub mod k8s;
 mod output;
 mod print;
 
@@ -89,6 +93,10 @@ fn build_base_engine() -> EngineState {
         let mut working_set = StateWorkingSet::new(&engine);
         working_set.add_decl(Box::new(Print));
         working_set.add_decl(Box::new(TiedExternal));
+        working_set.add_decl(Box::new(k8s::K8sHelp));
+        for command in k8s::commands() {
+            working_set.add_decl(Box::new(command));
+        }
         for command in commands::refused() {
             working_set.add_decl(Box::new(command));
         }
@@ -288,6 +296,7 @@ impl EmbeddedScript {
         let mut stop = StopOnDrop {
             interrupt: slot.interrupt.clone(),
             call_id: call_id.clone(),
+            session: request.k8s.clone(),
             armed: true,
         };
 
@@ -372,6 +381,8 @@ impl EmbeddedScript {
 struct StopOnDrop {
     interrupt: Arc<AtomicBool>,
     call_id: Arc<str>,
+    /// The call's `k8s` commands: cancelled with it, so one waiting on the API returns.
+    session: Option<Arc<crate::k8s::Session>>,
     armed: bool,
 }
 
@@ -381,7 +392,11 @@ impl StopOnDrop {
             return;
         }
         self.armed = false;
+        // The flag first: a k8s command woken by the cancel sees the call interrupted.
         self.interrupt.store(true, Ordering::SeqCst);
+        if let Some(session) = &self.session {
+            session.cancel();
+        }
         let call_id = self.call_id.clone();
         // The /proc scan reads files: not on an async worker. A plain thread rather than
         // the runtime's blocking pool, which refuses new work while the runtime shuts
@@ -567,7 +582,12 @@ fn evaluate(
         id: call_id.clone(),
         output: output.clone(),
     });
+    let k8s_scope = request
+        .k8s
+        .clone()
+        .map(|session| k8s::enter(call_id.clone(), session));
     let result = run_block(engine, block, request, call_id, &output);
+    drop(k8s_scope);
     drop(scope);
     let (mut stdout, stderr) = output.finish();
     match result {
