@@ -10,11 +10,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::{FakeCluster, KindName, PatchType, Propagation, Request};
+use crate::k8s::{Session, SessionParts};
 use crate::protocol::{
     Outcome, Phase, ScriptConfig, ScriptOutput, classify_output, parse_document,
 };
-use crate::cluster::{FakeCluster, KindName, PatchType, Propagation, Request};
-use crate::k8s::{Session, SessionParts};
 use crate::script::{CallRequest, ExecutorKind, Script, ScriptRunner, discover};
 
 /// One line describing a controller, as `check` prints it.
@@ -205,8 +205,14 @@ pub fn describe_request(request: &Request) -> String {
         None => name.to_string(),
     };
     let object = |o: &serde_json::Value| {
-        let t = |p: &str| o.pointer(p).and_then(serde_json::Value::as_str).unwrap_or("?");
-        let ns = o.pointer("/metadata/namespace").and_then(serde_json::Value::as_str);
+        let t = |p: &str| {
+            o.pointer(p)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("?")
+        };
+        let ns = o
+            .pointer("/metadata/namespace")
+            .and_then(serde_json::Value::as_str);
         let name = o
             .pointer("/metadata/name")
             .or_else(|| o.pointer("/metadata/generateName"))
@@ -223,7 +229,13 @@ pub fn describe_request(request: &Request) -> String {
         Some(v) => format!("{} --api-version {v}", k.kind),
         None => k.kind.clone(),
     };
-    let flag = |on: bool, name: &str| if on { format!(" --{name}") } else { String::new() };
+    let flag = |on: bool, name: &str| {
+        if on {
+            format!(" --{name}")
+        } else {
+            String::new()
+        }
+    };
     match request {
         Request::Get { target, live } => format!(
             "get {} {}{}",
@@ -453,7 +465,10 @@ pub async fn exec(
 }
 
 /// The primary as the fake cluster holds it, added first when absent.
-async fn primary_in(fake: &FakeCluster, object: &serde_json::Value) -> Result<serde_json::Value, String> {
+async fn primary_in(
+    fake: &FakeCluster,
+    object: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
     use crate::cluster::{Cluster, Target};
     let text = |p: &str| {
         object
@@ -527,7 +542,10 @@ mod tests {
         };
         let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n"}});
         let lines: Vec<String> = [
-            Request::Get { target: target.clone(), live: true },
+            Request::Get {
+                target: target.clone(),
+                live: true,
+            },
             Request::List {
                 kind: target.kind.clone(),
                 namespace: None,
@@ -535,15 +553,25 @@ mod tests {
                 fields: Some("metadata.name=a".into()),
                 live: false,
             },
-            Request::Apply { object: object.clone(), status: false, dry_run: true },
+            Request::Apply {
+                object: object.clone(),
+                status: false,
+                dry_run: true,
+            },
             Request::Patch {
                 target: target.clone(),
                 patch_type: PatchType::Merge,
                 patch: json!({"data": {"k": "v"}}),
                 status: true,
             },
-            Request::Create { object, dry_run: false },
-            Request::Delete { target, propagation: Propagation::Orphan },
+            Request::Create {
+                object,
+                dry_run: false,
+            },
+            Request::Delete {
+                target,
+                propagation: Propagation::Orphan,
+            },
         ]
         .iter()
         .map(describe_request)

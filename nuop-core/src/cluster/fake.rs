@@ -282,7 +282,11 @@ impl State {
             return;
         };
         let (group, _) = split_api_version(api_version);
-        if !self.kinds.iter().any(|k| k.group == group && k.kind == kind) {
+        if !self
+            .kinds
+            .iter()
+            .any(|k| k.group == group && k.kind == kind)
+        {
             let namespaced = text(object, "/metadata/namespace").is_some();
             let plural = format!("{}s", kind.to_lowercase());
             self.kinds

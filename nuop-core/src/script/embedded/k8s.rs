@@ -22,8 +22,7 @@ use super::convert::to_json;
 use super::print::current;
 use crate::k8s::{ErrorCode, FlagValue, Input, Invocation, K8sError, SPECS, Session, Spec};
 
-static SESSIONS: LazyLock<Mutex<HashMap<Arc<str>, Arc<Session>>>> =
-    LazyLock::new(Default::default);
+static SESSIONS: LazyLock<Mutex<HashMap<Arc<str>, Arc<Session>>>> = LazyLock::new(Default::default);
 
 fn sessions() -> std::sync::MutexGuard<'static, HashMap<Arc<str>, Arc<Session>>> {
     // One insert or remove at a time: a panic cannot leave the map inconsistent.
@@ -97,7 +96,9 @@ pub fn signature(spec: &Spec) -> Signature {
     for f in spec.flags {
         signature = match f.value {
             FlagValue::Switch => signature.switch(f.long, f.description, f.short),
-            FlagValue::String => signature.named(f.long, SyntaxShape::String, f.description, f.short),
+            FlagValue::String => {
+                signature.named(f.long, SyntaxShape::String, f.description, f.short)
+            }
             FlagValue::Any => signature.named(f.long, SyntaxShape::Any, f.description, f.short),
         };
     }
