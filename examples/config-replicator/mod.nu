@@ -78,7 +78,10 @@ def "main reconcile" [] {
     # Server-side apply removes only keys this field manager owned; keys someone else
     # added to a copy are removed here so the copy matches the source exactly.
     for s in ($stale | where {|s| $s.extra | values | any {|keys| $keys | is-not-empty } }) {
-      let patch = $s.extra | items {|field, keys| {$field: ($keys | each {|k| {$k: null} } | into record)} } | into record
+      let patch = $s.extra
+        | items {|field, keys| if ($keys | is-not-empty) { {$field: ($keys | each {|k| {$k: null} } | into record)} } }
+        | compact
+        | into record
       $patch | k8s patch configmap $name -n $s.namespace | ignore
     }
     for s in $stale { print -e $"($s.action) copy ($s.namespace)/($name)" }
