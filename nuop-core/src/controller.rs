@@ -16,11 +16,15 @@ use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client};
 use tracing::{debug, info, warn};
 
+use crate::cluster::live::{CachedKind, LiveCluster};
 use crate::health::Readiness;
+use crate::informers::Informers;
 use crate::metrics::METRICS;
-use crate::protocol::ScriptConfig;
+use crate::protocol::{ListKind, ScriptConfig};
 use crate::reconcile::{Backoff, Context, backoff, error_policy, reconcile, release};
+use crate::related::{self, Routes};
 use crate::script::ScriptRunner;
+use crate::triggers::Primary;
 
 /// Settings shared by every controller in a process.
 #[derive(Debug, Clone)]
@@ -35,6 +39,9 @@ pub struct ControllerOptions {
     /// Warnings are always emitted. Each Event is one more object written to etcd, so
     /// at scale turning these off halves the API load of a busy controller.
     pub write_events: bool,
+    /// The process's shared informers (`owns`, `watches`, `reads`): one registry per
+    /// process, so controllers that declare the same kind share one watch.
+    pub informers: Informers,
 }
 
 impl Default for ControllerOptions {
@@ -43,6 +50,7 @@ impl Default for ControllerOptions {
             concurrency: 8,
             readiness: Readiness::new(),
             write_events: true,
+            informers: Informers::default(),
         }
     }
 }
@@ -68,24 +76,38 @@ pub async fn resolve_kind(
     shutdown: Shutdown,
 ) -> Option<(ApiResource, ApiCapabilities)> {
     let gvk = GroupVersionKind::gvk(&config.group, &config.version, &config.kind);
+    resolve_gvk(client, &config.name, &gvk, readiness, shutdown).await
+}
+
+/// Resolves `gvk` for `controller` through API discovery, retrying until it exists or
+/// shutdown; each failed attempt is noted in `readiness`. Returns `None` on shutdown.
+pub async fn resolve_gvk(
+    client: &Client,
+    controller: &str,
+    gvk: &GroupVersionKind,
+    readiness: &Readiness,
+    shutdown: Shutdown,
+) -> Option<(ApiResource, ApiCapabilities)> {
     let mut attempt = 0;
     loop {
-        match pinned_kind(client, &gvk).await {
+        match pinned_kind(client, gvk).await {
             Ok(found) => return Some(found),
             Err(e) => {
                 attempt += 1;
                 let delay = discovery_retry_delay(attempt);
                 readiness.note(
-                    &config.name,
+                    controller,
                     Some(format!(
                         "kind {}/{} {} not served yet, attempt {attempt}",
-                        config.group, config.version, config.kind
+                        gvk.group, gvk.version, gvk.kind
                     )),
                 );
                 warn!(
-                    controller = %config.name,
+                    controller,
                     "kind {}/{} {} not served yet ({e}); retrying in {delay:?}",
-                    config.group, config.version, config.kind
+                    gvk.group,
+                    gvk.version,
+                    gvk.kind
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -142,6 +164,24 @@ pub async fn run_with_backoff(
         "starting controller"
     );
 
+    // The declared kinds first: a controller starts reconciling only once every cache
+    // it declared has listed, so its primary watch starts after them.
+    let Some(related) = related::subscribe_all(
+        &client,
+        &config,
+        namespaced,
+        &options.informers,
+        &options.readiness,
+        shutdown.clone(),
+    )
+    .await
+    else {
+        return;
+    };
+    if !related::wait_synced(&config.name, &related, &options.readiness, shutdown.clone()).await {
+        return;
+    }
+
     let mut watcher_config = watcher::Config::default();
     if let Some(labels) = config.label_selector_string() {
         watcher_config = watcher_config.labels(&labels);
@@ -149,36 +189,58 @@ pub async fn run_with_backoff(
     if let Some(fields) = config.field_selector_string() {
         watcher_config = watcher_config.fields(&fields);
     }
-    let apis: Vec<Api<DynamicObject>> = if namespaced && !config.namespaces.is_empty() {
-        config
-            .namespaces
-            .iter()
-            .map(|ns| Api::namespaced_with(client.clone(), ns, &resource))
-            .collect()
+    let namespaces: Vec<Option<String>> = if namespaced && !config.namespaces.is_empty() {
+        config.namespaces.iter().cloned().map(Some).collect()
     } else {
         if !namespaced && !config.namespaces.is_empty() {
             warn!(controller = %config.name, "namespaces are ignored: {} is cluster-scoped", resource.kind);
         }
-        vec![Api::all_with(client.clone(), &resource)]
+        vec![None]
     };
+    let writers: Vec<reflector::store::Writer<DynamicObject>> = namespaces
+        .iter()
+        .map(|_| reflector::store::Writer::new(resource.clone()))
+        .collect();
+    let stores: Vec<reflector::Store<DynamicObject>> = writers
+        .iter()
+        .map(reflector::store::Writer::as_reader)
+        .collect();
+
+    // What the script's `k8s` commands read from: the primary's stores and every
+    // declared cache.
+    let mut caches: Vec<CachedKind> = namespaces
+        .iter()
+        .zip(&stores)
+        .map(|(namespace, store)| CachedKind {
+            resource: resource.clone(),
+            namespaced,
+            namespace: namespace.clone(),
+            labels: config.label_selector_string(),
+            fields: config.field_selector_string(),
+            store: store.clone(),
+        })
+        .collect();
+    caches.extend(related.iter().flat_map(related::Related::caches));
+    let cluster = Arc::new(LiveCluster::new(client.clone(), caches));
 
     let name = config.name.clone();
     let ctx = Arc::new(
         Context::new(
             config,
             runner,
-            client,
+            client.clone(),
             resource.clone(),
             namespaced,
             has_status,
             &options,
         )
-        .with_backoff_base(backoff_base),
+        .with_backoff_base(backoff_base)
+        .with_cluster(cluster),
     );
     // Each watch reports its own first list (InitDone) to `first_lists`. Waiting on
     // `Store::wait_until_ready` from a second task does not work: kube-runtime's store
     // wakes only the last task that polled it, which is the controller's own runner.
-    let first_lists = Arc::new(FirstLists::new(apis.len()));
+    let first_lists = Arc::new(FirstLists::new(namespaces.len()));
     // Only a watch narrowed by selectors can lose sight of an object that still exists;
     // such objects are found by an unselective metadata watch (see reconcile::release).
     let releases: Vec<Option<String>> = if ctx.config.finalizer.is_none()
@@ -190,13 +252,25 @@ pub async fn run_with_backoff(
     } else {
         vec![None]
     };
-    let mut stores = Vec::new();
-    let controllers: Vec<_> = apis
-        .into_iter()
-        .map(|api| {
-            let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+    let mut routes = Routes::new(
+        Primary {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+            namespaced,
+        },
+        resource.clone(),
+    );
+    let controllers: Vec<_> = namespaces
+        .iter()
+        .zip(writers)
+        .map(|(namespace, writer)| {
+            let api = match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            };
             let reader = writer.as_reader();
-            stores.push(reader.clone());
+            // Related changes reach this controller only for primaries its store holds.
+            let related_triggers = routes.add(namespace.clone(), reader.clone());
             let first_lists = first_lists.clone();
             let mut seen = false;
             // managedFields are dropped as objects arrive: often half of a small object,
@@ -212,10 +286,13 @@ pub async fn run_with_backoff(
                 })
                 .applied_objects();
             Controller::for_stream_with(trigger, reader, resource.clone())
+                .reconcile_on(related_triggers.refs)
+                .reconcile_all_on(related_triggers.all)
                 .with_config(controller::Config::default().concurrency(options.concurrency))
                 .graceful_shutdown_on(shutdown.clone())
         })
         .collect();
+    let routes = Arc::new(routes);
     tokio::spawn(report_cache(
         name.clone(),
         stores,
@@ -224,6 +301,12 @@ pub async fn run_with_backoff(
         ctx.clone(),
         shutdown.clone(),
     ));
+    // `reads` only need their subscriptions held; `owns` and `watches` route changes.
+    let (reads, triggering): (Vec<_>, Vec<_>) =
+        related.into_iter().partition(|r| r.list == ListKind::Reads);
+    let routers = triggering
+        .into_iter()
+        .map(|r| related::route_changes(r, routes.clone(), ctx.clone(), shutdown.clone()).boxed());
     let release_runs = releases.into_iter().map(|namespace| {
         release::run(
             ctx.clone(),
@@ -244,11 +327,14 @@ pub async fn run_with_backoff(
                 }
             })
     });
-    futures::future::join(
+    futures::future::join3(
         futures::future::join_all(runs),
         futures::future::join_all(release_runs),
+        futures::future::join_all(routers),
     )
     .await;
+    // Held until the controller stops; dropping the last subscription stops a watch.
+    drop(reads);
     METRICS.forget_controller(&name);
     info!(controller = %name, "controller stopped");
 }

@@ -8,6 +8,7 @@
 //! - [`informers`]: the per-process registry of shared watches and caches (owns,
 //!   watches, reads).
 //! - [`triggers`]: which related changes wake which primaries (pure).
+//! - [`related`]: a controller's related kinds at run time (subscribe, wait, route).
 //! - [`k8s`]: the `k8s` commands scripts call (signatures, wire form, errors).
 //! - [`cluster`]: what those commands run against (live, fake, recording).
 //! - [`root`]: loading a scripts root (every `*/mod.nu` under it), for both modes.
@@ -34,6 +35,7 @@ pub mod leader;
 pub mod metrics;
 pub mod protocol;
 pub mod reconcile;
+pub mod related;
 pub mod root;
 pub mod runtime;
 pub mod script;

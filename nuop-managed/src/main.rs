@@ -95,6 +95,8 @@ fn main() -> anyhow::Result<()> {
             concurrency: cli.concurrency,
             readiness: readiness.clone(),
             write_events: cli.write_events,
+            // One registry per process: every controller shares its watches.
+            informers: nuop_core::informers::Informers::default(),
         };
         let stopped = operate(
             client.clone(),

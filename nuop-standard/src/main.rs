@@ -132,6 +132,8 @@ fn main() -> anyhow::Result<ExitCode> {
                     concurrency: cli.concurrency,
                     readiness: readiness.clone(),
                     write_events: cli.write_events,
+                    // One registry per process: every controller shares its watches.
+                    informers: nuop_core::informers::Informers::default(),
                 };
                 let scripts = cli.scripts.clone();
                 let executor = cli.executor;
