@@ -90,6 +90,10 @@ pub struct Metrics {
     /// Times a controller fell behind a shared watch's changes and reconciled every
     /// object instead, by controller and kind.
     pub informer_lagged: IntCounterVec,
+    // --- k8s commands (issue 13, H2) ---
+    /// `k8s get`/`k8s list` reads that went to the API server (an undeclared kind, a
+    /// read no cache covers, or `--live`), by controller and kind.
+    pub k8s_uncached_reads: IntCounterVec,
 }
 
 /// Holds a gauge one higher while alive: incremented on creation, decremented on drop,
@@ -231,6 +235,12 @@ impl Metrics {
             informer_lagged: counter(
                 "nuop_informer_lagged_total",
                 "Times a controller fell behind a shared watch and reconciled everything instead.",
+                &["controller", "kind"],
+            ),
+            // --- k8s commands (issue 13, H2) ---
+            k8s_uncached_reads: counter(
+                "nuop_k8s_uncached_reads_total",
+                "k8s get/list reads served by the API server rather than a cache, by controller and kind.",
                 &["controller", "kind"],
             ),
             registry,

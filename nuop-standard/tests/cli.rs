@@ -223,3 +223,57 @@ fn exec_broken_scripts_exit_1_and_say_why() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn exec_with_a_cluster_file_serves_k8s_commands_and_lists_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("mod.nu"),
+        r#"def "main config" [] { {name: copier, version: v1, kind: ConfigMap} }
+def "main reconcile" [] {
+  let src = $in | from json
+  let webs = k8s list configmaps -A -l app=web | get metadata.name
+  {apiVersion: v1, kind: ConfigMap, metadata: {name: $src.metadata.name, namespace: team-b}, data: $src.data} | k8s apply | ignore
+  print -e $"webs: ($webs | str join ',')"
+  exit 0
+}
+"#,
+    )
+    .expect("write mod.nu");
+    let objects = dir.path().join("cluster.yaml");
+    std::fs::write(
+        &objects,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w, namespace: team-c, labels: {app: web}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: team-b}\n",
+    )
+    .expect("write cluster");
+    let script = dir.path().to_str().expect("utf-8 path");
+    let cluster = objects.to_str().expect("utf-8 path");
+    let out = run(
+        &["exec", script, "reconcile", "--cluster", cluster],
+        CONFIG_MAP,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("webs: w"),
+        "the script read the file's objects: {stderr}"
+    );
+    assert!(stderr.contains("k8s commands issued: 2"), "{stderr}");
+    assert!(
+        stderr.contains("  list configmaps -A -l 'app=web'"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("  apply v1/ConfigMap team-b/a"), "{stderr}");
+
+    std::fs::write(&objects, "- {kind: ConfigMap}\n").expect("write bad cluster");
+    let bad = run(
+        &["exec", script, "reconcile", "--cluster", cluster],
+        CONFIG_MAP,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("error: --cluster: object 1"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

@@ -382,7 +382,8 @@ pub fn check_object(verb: &str, object: &Value, generate_name_ok: bool) -> Resul
             return Err(usage(verb, "input", format!("the object has no {name}")));
         }
     }
-    if !has("/metadata/name") && !(generate_name_ok && has("/metadata/generateName")) {
+    let named = has("/metadata/name") || (generate_name_ok && has("/metadata/generateName"));
+    if !named {
         return Err(usage(verb, "input", "the object has no metadata.name"));
     }
     Ok(())

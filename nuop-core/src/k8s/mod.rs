@@ -284,8 +284,9 @@ pub struct Invocation {
     pub input: Value,
 }
 
-/// Why a `k8s` command failed, as a script can branch on it (`$e.error.code` /
-/// `$e.json` carries the code string).
+/// Why a `k8s` command failed, as a script can branch on it: in `try {..} catch {|e| ..}`,
+/// `$e.details.code` is the code string ([`ErrorCode::as_str`]) and `$e.msg` the
+/// [`K8sError`]'s text (test `k8s_embedded::every_case_passes_on_the_fake_cluster`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

@@ -482,7 +482,16 @@ impl Session {
             .owns
             .iter()
             .any(|o| o.kind == kind && o.api_version() == api_version);
-        if own_owned && owned {
+        // Only where an owner reference is valid: a copy in another namespace than a
+        // namespaced primary's stays unowned (an explicit `k8s own` refuses it).
+        let ownable = match (
+            self.primary_namespace(),
+            text(&object, "/metadata/namespace"),
+        ) {
+            (Some(p), Some(c)) => p == c,
+            _ => true,
+        };
+        if own_owned && owned && ownable {
             object = own(&object, &self.primary, &self.controller)
                 .map_err(|e| usage(verb, &target_text, e))?;
         }

@@ -46,11 +46,6 @@ impl Drop for SessionScope {
     }
 }
 
-/// How many calls have a session registered (for tests showing none is left behind).
-pub fn registered_sessions() -> usize {
-    sessions().len()
-}
-
 /// A `k8s` error as a Nushell error: the message is the error's text, the code
 /// `nuop::k8s::<code>` (reachable as `$e.code`-style fields in `catch`).
 pub fn shell_error(error: &K8sError, span: Span) -> ShellError {
