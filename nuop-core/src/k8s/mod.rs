@@ -20,6 +20,8 @@ pub mod session;
 pub use command::K8sCommand;
 pub use session::{Session, SessionParts};
 
+pub mod module;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

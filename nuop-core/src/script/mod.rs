@@ -10,6 +10,7 @@ mod capture;
 mod discover;
 pub mod embedded;
 pub mod process;
+pub mod socket;
 
 use std::path::PathBuf;
 use std::sync::Arc;
