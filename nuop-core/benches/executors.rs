@@ -9,7 +9,8 @@
 //! the local control plane (`KUBECONFIG`; the bench fails when it is unreachable or
 //! `kubectl` is missing), listed once into a reflector store, and one embedded reconcile
 //! call is timed per read: `k8s get` of one of them and `k8s list` of all of them, served
-//! from that store (see [`K8S_CLUSTER`]), against the same reads by spawning
+//! by nuop's `LiveCluster` from that store as a controller's declared cache (see
+//! [`K8S_CLUSTER`]; no API request), against the same reads by spawning
 //! `kubectl get … -o json | from json` from the script, and against a call that reads
 //! nothing (the call's own cost). `--k8s-objects N` (1000), `--k8s-calls N` (2000, the
 //! cached reads), `--kubectl-calls N` (30).
@@ -20,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams};
+use kube::runtime::{reflector, watcher};
 use kube::{Api, Client};
-use nuop_core::cluster::Cluster;
+use nuop_core::cluster::{CachedKind, Cluster, LiveCluster};
 use nuop_core::k8s::{Session, SessionParts};
 use nuop_core::protocol::Phase;
 use nuop_core::script::{CallRequest, ExecutorKind, Script, ScriptRunner};
@@ -112,7 +114,7 @@ async fn measure_reads(
 }
 
 /// Where the bench's `k8s` reads are served from.
-const K8S_CLUSTER: &str = "FakeCluster holding the objects listed from the control plane";
+const K8S_CLUSTER: &str = "LiveCluster over a reflector Store filled by one LIST (a CachedKind)";
 
 /// A reconcile script whose body is `body` (it must end the call with `exit 0`).
 fn read_script(dir: &Path, name: &str, body: &str) -> ScriptRunner {
@@ -184,23 +186,31 @@ async fn k8s_reads(objects: usize, cached_calls: usize, kubectl_calls: usize) {
         .await
         .expect("create the bench ConfigMaps");
 
-    // The cache: the objects as one LIST returned them (managedFields stripped, as nuop's
-    // informers do).
-    let listed = api.list(&ListParams::default()).await.expect("list them");
-    let objects_json: Vec<Value> = listed
-        .items
-        .into_iter()
-        .map(|mut cm| {
-            cm.metadata.managed_fields = None;
-            let mut v = serde_json::to_value(cm).expect("json");
-            v["apiVersion"] = json!("v1");
-            v["kind"] = json!("ConfigMap");
-            v
-        })
-        .collect();
-    let cluster: Arc<dyn Cluster> = Arc::new(
-        nuop_core::cluster::FakeCluster::new(objects_json).expect("a fake cluster of the objects"),
-    );
+    // The cache: a reflector store filled from one LIST, managedFields stripped (as
+    // nuop's informers do), handed to the LiveCluster as the controller hands its caches.
+    let resource = ApiResource::erase::<ConfigMap>(&());
+    let listed = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &resource)
+        .list(&ListParams::default())
+        .await
+        .expect("list them");
+    let mut writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for mut object in listed.items {
+        object.metadata.managed_fields = None;
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let cluster: Arc<dyn Cluster> = Arc::new(LiveCluster::new(
+        client.clone(),
+        vec![CachedKind {
+            resource,
+            namespaced: true,
+            namespace: Some(namespace.clone()),
+            labels: None,
+            fields: None,
+            store: writer.as_reader(),
+        }],
+    ));
     let primary = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "cm-00000", "namespace": namespace, "uid": "0e6c"}});
 
@@ -268,6 +278,18 @@ async fn k8s_reads(objects: usize, cached_calls: usize, kubectl_calls: usize) {
     let _ = Api::<Namespace>::all(client)
         .delete(&namespace, &DeleteParams::background())
         .await;
+    // Every `k8s` read above must have come from the cache, or the numbers mean nothing.
+    let uncached: f64 = prometheus::core::Collector::collect(
+        &nuop_core::metrics::METRICS.k8s_uncached_reads,
+    )
+    .iter()
+    .flat_map(|family| family.get_metric())
+    .map(|m| m.get_counter().get_value())
+    .sum();
+    assert_eq!(
+        uncached, 0.0,
+        "the k8s reads went to the API server ({uncached} uncached reads): the cache did not cover them"
+    );
 
     println!();
     println!(

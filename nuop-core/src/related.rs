@@ -422,6 +422,8 @@ async fn map_by_script(
             input: Some(value.to_string()),
             controller: ctx.config.name.clone(),
             timeout: ctx.config.timeout,
+            // Merge of watch + cmds (H4): `main map` gets no k8s session here.
+            k8s: None,
         })
         .instrument(span.clone())
         .await;
