@@ -279,13 +279,12 @@ async fn k8s_reads(objects: usize, cached_calls: usize, kubectl_calls: usize) {
         .delete(&namespace, &DeleteParams::background())
         .await;
     // Every `k8s` read above must have come from the cache, or the numbers mean nothing.
-    let uncached: f64 = prometheus::core::Collector::collect(
-        &nuop_core::metrics::METRICS.k8s_uncached_reads,
-    )
-    .iter()
-    .flat_map(|family| family.get_metric())
-    .map(|m| m.get_counter().get_value())
-    .sum();
+    let uncached: f64 =
+        prometheus::core::Collector::collect(&nuop_core::metrics::METRICS.k8s_uncached_reads)
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value())
+            .sum();
     assert_eq!(
         uncached, 0.0,
         "the k8s reads went to the API server ({uncached} uncached reads): the cache did not cover them"

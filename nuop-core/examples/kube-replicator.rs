@@ -14,7 +14,8 @@
 //!
 //! Does I/O (the API server named by `KUBECONFIG`). Usage:
 //! `kube-replicator [--namespace NS] [--concurrency N]` (sources in NS only; 8 reconciles
-//! at once). `cargo test` builds it into `target/<profile>/examples/`.
+//! at once). `cargo test` builds it into `target/<profile>/examples/`;
+//! `tests/kube_replicator.rs` runs it against the local control plane.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -295,64 +296,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .for_each(|_| async {})
     .await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn namespace(name: &str, phase: &str) -> Arc<Namespace> {
-        let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.into());
-        ns.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
-            phase: Some(phase.into()),
-            ..Default::default()
-        });
-        Arc::new(ns)
-    }
-
-    fn source(annotations: &[(&str, &str)]) -> ConfigMap {
-        let mut cm = ConfigMap::default();
-        cm.metadata.name = Some("settings".into());
-        cm.metadata.namespace = Some("home".into());
-        cm.metadata.annotations = Some(
-            annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
-        cm
-    }
-
-    #[test]
-    fn targets_follow_config_replicators_rules() {
-        let all = [
-            namespace("home", "Active"),
-            namespace("b", "Active"),
-            namespace("a", "Active"),
-            namespace("gone", "Terminating"),
-            namespace("kube-system", "Active"),
-        ];
-        assert_eq!(targets(&source(&[]), &all), ["a", "b"]);
-        assert_eq!(targets(&source(&[(EXCLUDE, "b")]), &all), ["a"]);
-        assert_eq!(
-            targets(
-                &source(&[(INCLUDE, "kube-system, b,,gone,home,missing")]),
-                &all
-            ),
-            ["b", "kube-system"]
-        );
-        assert!(targets(&source(&[(INCLUDE, "")]), &all).is_empty());
-    }
-
-    #[test]
-    fn copies_map_to_their_source() {
-        let mut copy = ConfigMap::default();
-        assert_eq!(source_of(copy.clone()), None);
-        copy.metadata.labels = Some([(REPLICA_OF.into(), "home.app.v2".into())].into());
-        assert_eq!(
-            source_of(copy),
-            Some(ObjectRef::new("app.v2").within("home"))
-        );
-    }
 }

@@ -558,6 +558,10 @@ async fn config_replicator_follows_its_watches(kind: ExecutorKind) {
     let copy_a = configmap_copy(&client, a, name, &tag, &data).await;
     configmap_copy(&client, b, name, &tag, &data).await;
     let lists_before = lists.load(Ordering::SeqCst);
+    assert!(
+        lists_before > 0,
+        "the counting client sees the caches' first LISTs (else it counts nothing)"
+    );
 
     // A deleted copy comes back (a new object).
     Api::<ConfigMap>::namespaced(client.clone(), a)
@@ -1041,6 +1045,10 @@ async fn greeting_owns_a_configmap_that_is_recreated_and_garbage_collected() {
         );
     }
     let lists_before = lists.load(Ordering::SeqCst);
+    assert!(
+        lists_before > 0,
+        "the counting client sees the caches' first LISTs (else it counts nothing)"
+    );
 
     // Deleted: created again.
     cms.delete("ada-greeting", &DeleteParams::default())
