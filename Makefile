@@ -94,8 +94,9 @@ demo: tools ## Local control plane + nuop-standard with the example scripts, rec
 	hack/demo
 
 .PHONY: bench
-bench: tools ## Per-call cost of each executor, side by side, with their ratio.
-	$(CARGO) bench --workspace --profile $(PROFILE) --bench executors
+bench: tools ## Per-call cost of each executor, and k8s get/list from a cache vs kubectl get (starts the control plane).
+	@kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); eval "$$($(CONTROL_PLANE) env)"; \
+	  NUOP_NU=$(NU) $(CARGO) bench --workspace --profile $(PROFILE) --bench executors
 
 BENCH_OBJECTS ?= 1000
 # An older nuop-standard binary to measure beside this one (variant `baseline`), e.g. one
@@ -103,7 +104,7 @@ BENCH_OBJECTS ?= 1000
 BENCH_BASELINE ?=
 
 .PHONY: bench-e2e
-bench-e2e: tools ## nuop (embedded, process, managed) next to a hand-written kube-rs controller on the local control plane.
+bench-e2e: tools ## nuop next to hand-written kube-rs controllers on the local control plane: the label workload, then the replicator workload.
 	@# The binaries `make test` built: same command, same features, so nothing rebuilds.
 	$(CARGO) test --workspace --profile $(PROFILE) --no-run
 	@kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); eval "$$($(CONTROL_PLANE) env)"; \

@@ -9,14 +9,19 @@
 #
 # Copies are named like the source, labelled `nuop.dev/replica-of: <namespace>.<name>`
 # (and not with the replicate label, so they are never replicated themselves), and are
-# written with kubectl server-side apply. The script never writes its own object back:
+# written with `k8s apply` (server-side apply, forced, field manager
+# nuop-config-replicator). Reads (`k8s list`) come from nuop's caches of the kinds in
+# `watches`, never from the API server. The script never writes its own object back:
 # exit 0 = every copy already up to date, exit 2 = copies created, updated or deleted.
+#
+# `watches` wake a source at once when one of its copies changes or goes away (the
+# copy's `nuop.dev/replica-of` label names it) and every source when a namespace comes,
+# goes or changes, so the periodic requeue is only a safety net.
 
 const REPLICATE_LABEL = "nuop.dev/replicate"
 const REPLICA_LABEL = "nuop.dev/replica-of"
 const INCLUDE_ANNOTATION = "nuop.dev/replicate-include"
 const EXCLUDE_ANNOTATION = "nuop.dev/replicate-exclude"
-const FIELD_MANAGER = "nuop-config-replicator"
 const SYSTEM_NAMESPACES = [kube-system kube-public kube-node-lease]
 
 def "main config" [] {
@@ -27,10 +32,18 @@ def "main config" [] {
     kind: "ConfigMap"
     labelSelectors: { "nuop.dev/replicate": "true" }
     finalizer: "nuop.dev/config-replicator"
-    requeue_after_change: 10
-    # New namespaces get their copy at the next periodic reconcile.
-    requeue_after_noop: 60
+    # The watches below wake a source when something it depends on changes (its own
+    # writes included); periodic reconciles are a safety net only.
+    requeue_after_change: 300
+    requeue_after_noop: 300
     timeout: 60
+    watches: [
+      # Every ConfigMap (cached for `k8s list`, which also finds same-named ConfigMaps
+      # that are not copies); a copy wakes the source its label names.
+      {apiVersion: "v1", kind: "ConfigMap", map: {label: $REPLICA_LABEL}}
+      # A namespace created, deleted or changed wakes every source.
+      {apiVersion: "v1", kind: "Namespace", map: "all"}
+    ]
   } | to yaml
 }
 
@@ -42,8 +55,7 @@ def "main reconcile" [] {
   let targets = target-namespaces $source (active-namespaces)
   # Every ConfigMap with the source's name, in any namespace: our copies (labelled with
   # the tag) and ConfigMaps of the same name we must not touch.
-  let same_name = kubectl-json [get configmaps --all-namespaces --field-selector $"metadata.name=($name)"]
-    | get items
+  let same_name = k8s list configmaps -A --field-selector $"metadata.name=($name)"
     | where {|cm| $cm.metadata.namespace != $source.metadata.namespace }
   let copies = $same_name | where {|cm| (label-of $cm $REPLICA_LABEL) == $tag }
   let foreign = $same_name
@@ -62,15 +74,15 @@ def "main reconcile" [] {
         if $action != null { {namespace: $ns, action: $action, extra: (extra-keys $copy $source)} }
       }
   if ($stale | is-not-empty) {
-    let items = $stale | each {|s| desired-copy $source $s.namespace $tag }
-    {apiVersion: "v1", kind: "List", items: $items} | to json
-      | kubectl-run [apply --server-side --field-manager $FIELD_MANAGER --force-conflicts -f -]
-      | ignore
+    $stale | each {|s| desired-copy $source $s.namespace $tag } | k8s apply | ignore
     # Server-side apply removes only keys this field manager owned; keys someone else
     # added to a copy are removed here so the copy matches the source exactly.
     for s in ($stale | where {|s| $s.extra | values | any {|keys| $keys | is-not-empty } }) {
-      let patch = $s.extra | items {|field, keys| {$field: ($keys | each {|k| {$k: null} } | into record)} } | into record
-      kubectl-run [patch configmap $name --namespace $s.namespace --type merge --patch ($patch | to json -r)] | ignore
+      let patch = $s.extra
+        | items {|field, keys| if ($keys | is-not-empty) { {$field: ($keys | each {|k| {$k: null} } | into record)} } }
+        | compact
+        | into record
+      $patch | k8s patch configmap $name -n $s.namespace | ignore
     }
     for s in $stale { print -e $"($s.action) copy ($s.namespace)/($name)" }
   }
@@ -78,7 +90,7 @@ def "main reconcile" [] {
   # Copies in namespaces that are no longer targets.
   let orphans = $copies | where {|cm| $cm.metadata.namespace not-in $targets } | get metadata.namespace
   for ns in $orphans {
-    kubectl-run [delete configmap $name --namespace $ns --ignore-not-found] | ignore
+    k8s delete configmap $name -n $ns
     print -e $"deleted copy ($ns)/($name): no longer a target"
   }
 
@@ -92,9 +104,9 @@ def "main reconcile" [] {
 def "main finalize" [] {
   let source = $in | from json
   let tag = replica-tag $source
-  let out = kubectl-run [delete configmaps --all-namespaces --selector $"($REPLICA_LABEL)=($tag)" --ignore-not-found]
-  let deleted = $out | lines | where {|l| $l =~ ' deleted' }
-  print -e $"source ($tag) deleted: removed ($deleted | length) copies"
+  let copies = k8s list configmaps -A -l {$REPLICA_LABEL: $tag}
+  for copy in $copies { k8s delete configmap $copy.metadata.name -n $copy.metadata.namespace }
+  print -e $"source ($tag) deleted: removed ($copies | length) copies"
   exit 0
 }
 
@@ -134,7 +146,7 @@ def split-list [] {
 }
 
 def active-namespaces [] {
-  kubectl-json [get namespaces] | get items | where status.phase == "Active" | get metadata.name
+  k8s list namespaces | where {|ns| $ns.status?.phase? == "Active" } | get metadata.name
 }
 
 def desired-copy [source: record, namespace: string, tag: string] {
@@ -164,19 +176,4 @@ def extra-keys [copy, source: record] {
 
 def label-of [object: record, label: string] {
   $object.metadata.labels? | default {} | get -o $label
-}
-
-# Runs kubectl with `args` (stdin from the pipeline, if any); its stdout, or an error
-# carrying its stderr when it fails.
-def kubectl-run [args: list<string>] {
-  let stdin = $in
-  let result = if $stdin == null { ^kubectl ...$args | complete } else { $stdin | ^kubectl ...$args | complete }
-  if $result.exit_code != 0 {
-    error make {msg: $"kubectl ($args | str join ' ') failed: ($result.stderr | str trim)"}
-  }
-  $result.stdout
-}
-
-def kubectl-json [args: list<string>] {
-  kubectl-run [...$args --output json] | from json
 }

@@ -9,18 +9,23 @@
 #
 # Copies are named like the source, have its type and data, are labelled
 # `nuop.dev/clone-of: <namespace>.<name>` (and not with the clone label, so they are
-# never cloned themselves), and are written with kubectl server-side apply. The script
-# never writes its own object back: exit 0 = every copy already up to date, exit 2 =
-# copies created, updated or deleted.
+# never cloned themselves), and are written with `k8s apply` (server-side apply, forced,
+# field manager nuop-secret-cloner). Reads (`k8s list`) come from nuop's caches of the
+# kinds in `watches`, never from the API server. The script never writes its own object
+# back: exit 0 = every copy already up to date, exit 2 = copies created, updated or
+# deleted.
+#
+# `watches` wake a source at once when one of its copies changes or goes away (the
+# copy's `nuop.dev/clone-of` label names it) and every source when a namespace comes,
+# goes or changes, so the periodic requeue is only a safety net.
 #
 # Secret data never reaches the logs: the script logs namespaces and names only, and
-# kubectl's error messages are redacted before they are logged.
+# the messages of failed `k8s` commands are redacted before they are logged.
 
 const CLONE_LABEL = "nuop.dev/clone"
 const CLONE_OF_LABEL = "nuop.dev/clone-of"
 const INCLUDE_ANNOTATION = "nuop.dev/clone-include"
 const EXCLUDE_ANNOTATION = "nuop.dev/clone-exclude"
-const FIELD_MANAGER = "nuop-secret-cloner"
 const SYSTEM_NAMESPACES = [kube-system kube-public kube-node-lease]
 # Token Secrets are filled in per namespace by Kubernetes: a copy would be meaningless.
 const UNCLONABLE_TYPES = ["kubernetes.io/service-account-token"]
@@ -33,10 +38,19 @@ def "main config" [] {
     kind: "Secret"
     labelSelectors: { "nuop.dev/clone": "true" }
     finalizer: "nuop.dev/secret-cloner"
-    requeue_after_change: 10
-    # New namespaces get their copy at the next periodic reconcile.
-    requeue_after_noop: 60
+    # The watches below wake a source when something it depends on changes (its own
+    # writes included); periodic reconciles are a safety net only.
+    requeue_after_change: 300
+    requeue_after_noop: 300
     timeout: 60
+    watches: [
+      # Every Secret of the cluster is cached (for `k8s list`, which also finds
+      # same-named Secrets that are not copies): a decision nuop makes you state with
+      # `clusterWide: true`. A copy wakes the source its label names.
+      {apiVersion: "v1", kind: "Secret", clusterWide: true, map: {label: $CLONE_OF_LABEL}}
+      # A namespace created, deleted or changed wakes every source.
+      {apiVersion: "v1", kind: "Namespace", map: "all"}
+    ]
   } | to yaml
 }
 
@@ -55,8 +69,7 @@ def "main reconcile" [] {
   }
   # Every Secret with the source's name, in any namespace: our copies (labelled with the
   # tag) and Secrets of the same name we must not touch.
-  let same_name = kubectl-json $hide [get secrets --all-namespaces --field-selector $"metadata.name=($name)"]
-    | get items
+  let same_name = redacted $hide {|| k8s list secrets -A --field-selector $"metadata.name=($name)" }
     | where {|s| $s.metadata.namespace != $source.metadata.namespace }
   let copies = $same_name | where {|s| (label-of $s $CLONE_OF_LABEL) == $tag }
   let foreign = $same_name
@@ -84,17 +97,15 @@ def "main reconcile" [] {
       }
   if ($stale | is-not-empty) {
     for s in ($stale | where action == "recreated") {
-      kubectl-run $hide [delete secret $name --namespace $s.namespace --ignore-not-found] | ignore
+      redacted $hide {|| k8s delete secret $name -n $s.namespace }
     }
     let items = $stale | each {|s| desired-copy $source $s.namespace $tag }
-    {apiVersion: "v1", kind: "List", items: $items} | to json
-      | kubectl-run $hide [apply --server-side --field-manager $FIELD_MANAGER --force-conflicts -f -]
-      | ignore
+    redacted $hide {|| $items | k8s apply } | ignore
     # Server-side apply removes only keys this field manager owned; keys someone else
     # added to a copy are removed here so the copy matches the source exactly.
     for s in ($stale | where {|s| $s.action == "updated" and ($s.extra | is-not-empty) }) {
       let patch = {data: ($s.extra | each {|k| {$k: null} } | into record)}
-      kubectl-run $hide [patch secret $name --namespace $s.namespace --type merge --patch ($patch | to json -r)] | ignore
+      redacted $hide {|| $patch | k8s patch secret $name -n $s.namespace } | ignore
     }
     for s in $stale { print -e $"($s.action) copy ($s.namespace)/($name)" }
   }
@@ -102,7 +113,7 @@ def "main reconcile" [] {
   # Copies in namespaces that are no longer targets.
   let orphans = $copies | where {|s| $s.metadata.namespace not-in $targets } | get metadata.namespace
   for ns in $orphans {
-    kubectl-run $hide [delete secret $name --namespace $ns --ignore-not-found] | ignore
+    redacted $hide {|| k8s delete secret $name -n $ns }
     print -e $"deleted copy ($ns)/($name): no longer a target"
   }
 
@@ -116,9 +127,12 @@ def "main reconcile" [] {
 def "main finalize" [] {
   let source = $in | from json
   let tag = clone-tag $source
-  let out = kubectl-run (secret-values $source) [delete secrets --all-namespaces --selector $"($CLONE_OF_LABEL)=($tag)" --ignore-not-found]
-  let deleted = $out | lines | where {|l| $l =~ ' deleted' }
-  print -e $"source ($tag) deleted: removed ($deleted | length) copies"
+  let hide = secret-values $source
+  let copies = redacted $hide {|| k8s list secrets -A -l {$CLONE_OF_LABEL: $tag} }
+  for copy in $copies {
+    redacted $hide {|| k8s delete secret $copy.metadata.name -n $copy.metadata.namespace }
+  }
+  print -e $"source ($tag) deleted: removed ($copies | length) copies"
   exit 0
 }
 
@@ -158,7 +172,9 @@ def split-list [] {
 }
 
 def active-namespaces [hide: list<string>] {
-  kubectl-json $hide [get namespaces] | get items | where status.phase == "Active" | get metadata.name
+  redacted $hide {|| k8s list namespaces }
+    | where {|ns| $ns.status?.phase? == "Active" }
+    | get metadata.name
 }
 
 def desired-copy [source: record, namespace: string, tag: string] {
@@ -196,18 +212,8 @@ def redact [hide: list<string>] {
   $hide | reduce --fold $text {|secret, acc| $acc | str replace --all $secret "<redacted>" }
 }
 
-# Runs kubectl with `args` (stdin from the pipeline, if any); its stdout, or an error
-# carrying its stderr, with every string of `hide` redacted, when it fails.
-def kubectl-run [hide: list<string>, args: list<string>] {
-  let stdin = $in
-  let result = if $stdin == null { ^kubectl ...$args | complete } else { $stdin | ^kubectl ...$args | complete }
-  if $result.exit_code != 0 {
-    let message = $result.stderr | str trim | redact $hide
-    error make {msg: $"kubectl ($args | str join ' ') failed: ($message)"}
-  }
-  $result.stdout
-}
-
-def kubectl-json [hide: list<string>, args: list<string>] {
-  kubectl-run $hide [...$args --output json] | from json
+# Runs `action`; when it fails (a `k8s` command's error names the object and carries the
+# API server's message), fails with that message, every string of `hide` redacted.
+def redacted [hide: list<string>, action: closure] {
+  try { do $action } catch {|e| error make {msg: ($e.msg | redact $hide)} }
 }

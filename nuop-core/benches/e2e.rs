@@ -17,12 +17,19 @@
 //! reference does not make. `managed` is `nuop-managed` fetching the same script from a
 //! git repository (file://) with the configuration the manager writes for a NuOperator.
 //!
-//! Arguments: `--objects N` (1000), `--updates N` (100), `--variants a,b,c`
+//! The replicator workload (`e2e/replicator.rs`) follows in the same run: config-replicator's
+//! work (50 sources x 10 namespaces) by nuop's new replicator (embedded and process
+//! executor), the kubectl-style replicator and a hand-written kube-rs replicator.
+//!
+//! Arguments: `--workloads label,replicator` (both), `--objects N` (1000), `--updates N` (100), `--variants a,b,c`
 //! (`embedded,embedded-no-events,process,managed,reference`), `--nuop-standard PATH`
 //! and `--nuop-managed PATH` (default: the ones `cargo test --profile ci` built beside this bench),
 //! `--concurrency N` (8, the same for every variant), `--baseline PATH` (an older
 //! `nuop-standard`, measured as variant `baseline` with the embedded executor beside
-//! the current one: before/after a change in one run). Needs `KUBECONFIG`; the process
+//! the current one: before/after a change in one run); for the replicator workload
+//! `--replicator-variants a,b` (`replicator,replicator-process,replicator-kubectl,replicator-kube`),
+//! `--sources N` (50), `--targets N` (10), `--samples N` (20), `--kube-replicator PATH`
+//! (default: `examples/kube-replicator` beside the binaries). Needs `KUBECONFIG`; the process
 //! variant needs `nu` (`NUOP_NU` or `PATH`). No assertions: numbers are for reading.
 
 use std::collections::HashSet;
@@ -39,6 +46,10 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
+
+// Not `benches/replicator.rs`: cargo would make that a bench target of its own.
+#[path = "e2e/replicator.rs"]
+mod replicator;
 
 const BENCH_LABEL: &str = "nuop.dev/bench";
 const SEEN_LABEL: &str = "nuop.dev/seen";
@@ -72,6 +83,9 @@ struct Args {
     /// An older `nuop-standard` to measure beside this one (variant `baseline`).
     baseline: Option<PathBuf>,
     concurrency: usize,
+    /// Which workloads run: `label` (the table above) and `replicator`.
+    workloads: Vec<String>,
+    replicator: replicator::Args,
 }
 
 fn parse_args(args: &[String]) -> Args {
@@ -91,6 +105,8 @@ fn parse_args(args: &[String]) -> Args {
         nuop_managed: sibling_binary("nuop-managed"),
         baseline: None,
         concurrency: 8,
+        workloads: vec!["label".into(), "replicator".into()],
+        replicator: replicator::Args::new(sibling_binary("nuop-standard"), 8),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -107,6 +123,14 @@ fn parse_args(args: &[String]) -> Args {
             "--nuop-managed" => parsed.nuop_managed = value().into(),
             "--concurrency" => parsed.concurrency = value().parse().expect("--concurrency N"),
             "--baseline" => parsed.baseline = Some(value().into()),
+            "--workloads" => parsed.workloads = value().split(',').map(str::to_string).collect(),
+            "--replicator-variants" => {
+                parsed.replicator.variants = value().split(',').map(str::to_string).collect();
+            }
+            "--sources" => parsed.replicator.sources = value().parse().expect("--sources N"),
+            "--targets" => parsed.replicator.targets = value().parse().expect("--targets N"),
+            "--samples" => parsed.replicator.samples = value().parse().expect("--samples N"),
+            "--kube-replicator" => parsed.replicator.kube_replicator = value().into(),
             // `cargo bench` passes `--bench`; filters are not used.
             _ => {}
         }
@@ -114,6 +138,8 @@ fn parse_args(args: &[String]) -> Args {
     if parsed.baseline.is_some() && !parsed.variants.iter().any(|v| v == "baseline") {
         parsed.variants.insert(1, "baseline".into());
     }
+    parsed.replicator.nuop_standard = parsed.nuop_standard.clone();
+    parsed.replicator.concurrency = parsed.concurrency;
     parsed
 }
 
@@ -553,16 +579,19 @@ async fn main() {
         return;
     }
     let args = parse_args(&raw);
+    let label = args.workloads.iter().any(|w| w == "label");
     for (binary, needed) in [
         (
             &args.nuop_standard,
-            args.variants
-                .iter()
-                .any(|v| v != "reference" && v != "managed"),
+            label
+                && args
+                    .variants
+                    .iter()
+                    .any(|v| v != "reference" && v != "managed"),
         ),
         (
             &args.nuop_managed,
-            args.variants.iter().any(|v| v == "managed"),
+            label && args.variants.iter().any(|v| v == "managed"),
         ),
     ] {
         assert!(
@@ -579,7 +608,7 @@ async fn main() {
     .expect("KUBECONFIG must name a reachable cluster (make bench-e2e starts one)");
     let workdir = tempfile::tempdir().expect("workdir");
     let mut results = Vec::new();
-    for variant in &args.variants {
+    for variant in args.variants.iter().filter(|_| label) {
         eprintln!("bench-e2e: running {variant} with {} objects", args.objects);
         let result = run_variant(&client, &args, variant, workdir.path()).await;
         eprintln!(
@@ -588,5 +617,10 @@ async fn main() {
         );
         results.push(result);
     }
-    print_table(&args, &mut results);
+    if label {
+        print_table(&args, &mut results);
+    }
+    if args.workloads.iter().any(|w| w == "replicator") {
+        replicator::run(&client, &args.replicator, workdir.path()).await;
+    }
 }

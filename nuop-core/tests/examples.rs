@@ -1,9 +1,19 @@
 //! The example controllers in `examples/` against the real API server: config-replicator
 //! and secret-cloner (namespace include/exclude annotations, keeping copies in step,
-//! cleanup by their finalizer) and greeting (status through the status subresource).
+//! cleanup by their finalizer, deleted/edited copies and new namespaces served through
+//! their watches), greeting (status through the status subresource, an owned ConfigMap
+//! recreated when deleted and garbage-collected with its owner), and the kubectl-style
+//! replicator written for the original nuop (`tests/scripts/kubectl-replicator`), which
+//! must keep working unchanged.
 //!
-//! config-replicator and secret-cloner run `kubectl`, so these tests need `kubectl` on
-//! `PATH` and `KUBECONFIG` naming the test control plane: `make test` provides both.
+//! The examples use `k8s` commands and need no kubectl. The kubectl-style fixture runs
+//! `kubectl`, so its tests need `kubectl` on `PATH` and `KUBECONFIG` naming the test
+//! control plane: `make test` provides both.
+//!
+//! "No LIST request from reconciles" is counted on the controller's own client (a tower
+//! layer, [`counting_client`]): the API server's `apiserver_request_total` is shared by
+//! every test running in parallel, so only its growth (the fixture's LISTs) can be
+//! asserted there.
 //!
 //! Tests in this file run in parallel on one cluster. Each owns its namespace plus extra
 //! ones named after it (`<ns>-a`, ...), and restricts its sources with the include
@@ -11,8 +21,11 @@
 //! unique name and the test deletes it (its finalizer removes every copy) at the end.
 
 use std::collections::BTreeMap;
+use std::mem::ManuallyDrop;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
@@ -84,6 +97,143 @@ fn example(name: &str) -> String {
     let path = repo_root().join("examples").join(name).join("mod.nu");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read example {}: {e}", path.display()))
+}
+
+/// The kubectl-style config-replicator written for the original nuop, kept unchanged.
+fn kubectl_replicator() -> String {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/kubectl-replicator/mod.nu");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Whether a request is a LIST: a GET of a collection (`/api/v1/configmaps`,
+/// `/apis/g/v/namespaces/ns/things`) that is not a watch.
+fn is_list(method: &axum::http::Method, uri: &axum::http::Uri) -> bool {
+    if method != axum::http::Method::GET
+        || uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
+    {
+        return false;
+    }
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let rest = match segments.as_slice() {
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => return false,
+    };
+    rest.len() == 1 || (rest.len() == 3 && rest[0] == "namespaces")
+}
+
+#[test]
+fn lists_are_gets_of_collections_that_are_not_watches() {
+    let get = axum::http::Method::GET;
+    let list = |uri: &str| is_list(&get, &uri.parse().expect("uri"));
+    assert!(list("/api/v1/namespaces"));
+    assert!(list("/api/v1/configmaps?labelSelector=a"));
+    assert!(list("/api/v1/namespaces/x/configmaps"));
+    assert!(list(
+        "/apis/examples.nuop.dev/v1alpha1/namespaces/x/greetings"
+    ));
+    assert!(!list("/api/v1/namespaces/x"));
+    assert!(!list("/api/v1/namespaces/x/configmaps/y"));
+    assert!(!list("/api/v1/configmaps?watch=true&resourceVersion=1"));
+    assert!(!list("/api/v1"));
+    assert!(!list("/apis"));
+    assert!(!is_list(
+        &axum::http::Method::PATCH,
+        &"/api/v1/namespaces/x/configmaps".parse().expect("uri")
+    ));
+}
+
+/// Counts the LIST requests going through it into `lists`.
+#[derive(Clone)]
+struct CountLists<S> {
+    inner: S,
+    lists: Arc<AtomicUsize>,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for CountLists<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        if is_list(request.method(), request.uri()) {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.call(request)
+    }
+}
+
+/// A client for the test control plane that counts the LIST requests it sends.
+async fn counting_client(lists: Arc<AtomicUsize>) -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("read the kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("a valid kubeconfig");
+    kube::client::ClientBuilder::try_from(config)
+        .expect("a client for the test control plane")
+        .with_layer(&tower::layer::layer_fn(move |inner| CountLists {
+            inner,
+            lists: lists.clone(),
+        }))
+        .build()
+}
+
+/// `env` with a client that counts the LIST requests of the controllers it runs.
+/// ManuallyDrop: `env` itself deletes the namespace, once.
+async fn counted(env: &TestEnv) -> (ManuallyDrop<TestEnv>, Arc<AtomicUsize>) {
+    let lists = Arc::new(AtomicUsize::new(0));
+    let view = TestEnv {
+        client: counting_client(lists.clone()).await,
+        namespace: env.namespace.clone(),
+    };
+    (ManuallyDrop::new(view), lists)
+}
+
+/// `apiserver_request_total{verb="LIST",resource=<resource>}` from the API server's own
+/// `/metrics`, summed over scopes and codes (every client of the cluster counts).
+async fn apiserver_lists(client: &Client, resource: &str) -> f64 {
+    let request = axum::http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a GET request");
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the admin client reads the API server's /metrics");
+    let wanted = format!("resource=\"{resource}\"");
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("verb=\"LIST\"") && l.contains(&wanted))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Fails unless a controller's periodic reconciles are at least 300 s apart, so that
+/// anything it does within [`LIMIT`] of a change is the work of its watches.
+fn assert_only_watches_wake(config: &nuop_core::protocol::ScriptConfig) {
+    for (field, every) in [
+        ("requeue_after_change", config.requeue_after_change),
+        ("requeue_after_noop", config.requeue_after_noop),
+    ] {
+        assert!(
+            every >= Duration::from_secs(300) && every > LIMIT,
+            "{}: {field} is {every:?}; these tests need >= 300 s so that only its watches explain a quick reaction",
+            config.name
+        );
+    }
 }
 
 fn strings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -222,8 +372,7 @@ async fn configmap_copy(
 
 /// The whole life of a replicated ConfigMap restricted with the include annotation:
 /// copies, updates, retargeting, a foreign ConfigMap left alone, cleanup on delete.
-async fn config_replicator_lifecycle(kind: ExecutorKind) {
-    require_kubectl();
+async fn config_replicator_lifecycle(kind: ExecutorKind, script: &str) {
     let env = TestEnv::new(&format!("cr-{kind}")).await;
     let client = env.client.clone();
     let ns = env.namespace.clone();
@@ -248,9 +397,7 @@ async fn config_replicator_lifecycle(kind: ExecutorKind) {
         .await
         .expect("create the foreign ConfigMap");
 
-    let controller = env
-        .run_script("config-replicator", &example("config-replicator"), kind)
-        .await;
+    let controller = env.run_script("config-replicator", script, kind).await;
     let cms = env.api::<ConfigMap>();
     let mut source = replicated_configmap(
         name,
@@ -360,17 +507,191 @@ async fn config_replicator_lifecycle(kind: ExecutorKind) {
 
 #[tokio::test]
 async fn config_replicator_copies_into_included_namespaces_with_the_embedded_executor() {
-    config_replicator_lifecycle(ExecutorKind::Embedded).await;
+    config_replicator_lifecycle(ExecutorKind::Embedded, &example("config-replicator")).await;
 }
 
 #[tokio::test]
 async fn config_replicator_copies_into_included_namespaces_with_the_process_executor() {
-    config_replicator_lifecycle(ExecutorKind::Process).await;
+    config_replicator_lifecycle(ExecutorKind::Process, &example("config-replicator")).await;
+}
+
+/// Scripts written for the original nuop keep working unchanged.
+#[tokio::test]
+async fn the_kubectl_style_replicator_still_replicates() {
+    require_kubectl();
+    let script = kubectl_replicator();
+    assert!(
+        script.contains("^kubectl") && !script.contains("k8s "),
+        "the fixture is the kubectl-style script"
+    );
+    config_replicator_lifecycle(ExecutorKind::Embedded, &script).await;
+}
+
+/// Deleted and edited copies come back and a new namespace gets its copy with periodic
+/// reconciles 300 s apart: only the watches can explain it. Reconciles read from the
+/// caches: the controller sends no LIST request after its caches have synced.
+async fn config_replicator_follows_its_watches(kind: ExecutorKind) {
+    let env = TestEnv::new(&format!("cr-watch-{kind}")).await;
+    let client = env.client.clone();
+    let extra = extra_namespaces(&env, ["a", "b"]).await;
+    let [a, b] = &extra;
+    let later = format!("{}-later", env.namespace);
+    let (view, lists) = counted(&env).await;
+    let controller = view
+        .run_script("config-replicator", &example("config-replicator"), kind)
+        .await;
+    assert_only_watches_wake(&controller.config);
+    let name = "settings";
+    let tag = format!("{}.{name}", env.namespace);
+    let cms = env.api::<ConfigMap>();
+    cms.create(
+        &PostParams::default(),
+        &replicated_configmap(
+            name,
+            &[(REPLICATE_INCLUDE, &format!("{a},{b},{later}"))],
+            &[("k", "v")],
+        ),
+    )
+    .await
+    .expect("create the source");
+    let data = strings(&[("k", "v")]);
+    let copy_a = configmap_copy(&client, a, name, &tag, &data).await;
+    configmap_copy(&client, b, name, &tag, &data).await;
+    let lists_before = lists.load(Ordering::SeqCst);
+    assert!(
+        lists_before > 0,
+        "the counting client sees the caches' first LISTs (else it counts nothing)"
+    );
+
+    // A deleted copy comes back (a new object).
+    Api::<ConfigMap>::namespaced(client.clone(), a)
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete a copy");
+    let back = configmap_copy(&client, a, name, &tag, &data).await;
+    assert_ne!(
+        back.uid(),
+        copy_a.uid(),
+        "the deleted copy was created again"
+    );
+
+    // An edited copy is put back: the value restored, the added key removed.
+    Api::<ConfigMap>::namespaced(client.clone(), b)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": "edited", "added": "x"}})),
+        )
+        .await
+        .expect("edit a copy");
+    configmap_copy(&client, b, name, &tag, &data).await;
+
+    // A namespace created later gets its copy.
+    let namespaces = Api::<Namespace>::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(later.clone()),
+                    labels: Some(strings(&[("nuop.dev/test", "true")])),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create the later namespace");
+    configmap_copy(&client, &later, name, &tag, &data).await;
+    assert_eq!(
+        lists.load(Ordering::SeqCst) - lists_before,
+        0,
+        "the reconciles read ConfigMaps and Namespaces from the caches of `watches`, never with a LIST"
+    );
+
+    delete_and_wait_gone(&cms, name, "the source ConfigMap").await;
+    assert_eq!(
+        labelled_in::<ConfigMap>(&client, REPLICA_LABEL, &tag).await,
+        Some(vec![]),
+        "every copy is deleted with the source"
+    );
+    controller.stop().await;
+    delete_namespaces(&env, &[a.clone(), b.clone(), later]).await;
+}
+
+#[tokio::test]
+async fn config_replicator_restores_copies_and_serves_new_namespaces_through_its_watches() {
+    config_replicator_follows_its_watches(ExecutorKind::Embedded).await;
+}
+
+#[tokio::test]
+async fn config_replicator_follows_its_watches_with_the_process_executor() {
+    config_replicator_follows_its_watches(ExecutorKind::Process).await;
+}
+
+/// The kubectl-style replicator LISTs ConfigMaps on every reconcile (what the `k8s`
+/// commands' caches save): each of these reconciles restores an edited copy, and the API
+/// server's LIST counter for configmaps grows by at least one per reconcile.
+#[tokio::test]
+async fn the_kubectl_style_replicator_lists_on_every_reconcile() {
+    require_kubectl();
+    let env = TestEnv::new("cr-kubectl-lists").await;
+    let client = env.client.clone();
+    let extra = extra_namespaces(&env, ["a"]).await;
+    let [a] = &extra;
+    let controller = env
+        .run_script(
+            "config-replicator",
+            &kubectl_replicator(),
+            ExecutorKind::Embedded,
+        )
+        .await;
+    let name = "settings";
+    let tag = format!("{}.{name}", env.namespace);
+    let cms = env.api::<ConfigMap>();
+    cms.create(
+        &PostParams::default(),
+        &replicated_configmap(name, &[(REPLICATE_INCLUDE, a)], &[("k", "v")]),
+    )
+    .await
+    .expect("create the source");
+    let data = strings(&[("k", "v")]);
+    configmap_copy(&client, a, name, &tag, &data).await;
+
+    let before = apiserver_lists(&client, "configmaps").await;
+    const ROUNDS: usize = 3;
+    for round in 0..ROUNDS {
+        Api::<ConfigMap>::namespaced(client.clone(), a)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"k": "edited"}})),
+            )
+            .await
+            .expect("edit the copy");
+        // The fixture has no watches: a change of the source wakes it.
+        cms.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"round": round.to_string()}}})),
+        )
+        .await
+        .expect("touch the source");
+        configmap_copy(&client, a, name, &tag, &data).await;
+    }
+    let grown = apiserver_lists(&client, "configmaps").await - before;
+    assert!(
+        grown >= ROUNDS as f64,
+        "{ROUNDS} reconciles of the kubectl-style replicator, each running `kubectl get configmaps -A`: the API server counted only {grown} LISTs of configmaps"
+    );
+
+    delete_and_wait_gone(&cms, name, "the source ConfigMap").await;
+    controller.stop().await;
+    delete_namespaces(&env, &extra).await;
 }
 
 #[tokio::test]
 async fn config_replicator_skips_excluded_namespaces_and_cleans_up_everywhere() {
-    require_kubectl();
     let env = TestEnv::new("cr-exclude").await;
     let client = env.client.clone();
     let extra = extra_namespaces(&env, ["x", "y"]).await;
@@ -438,7 +759,6 @@ async fn config_replicator_skips_excluded_namespaces_and_cleans_up_everywhere() 
 
 #[tokio::test]
 async fn secret_cloner_copies_data_and_type_into_included_namespaces_and_cleans_up() {
-    require_kubectl();
     let env = TestEnv::new("secret-cloner").await;
     let client = env.client.clone();
     let extra = extra_namespaces(&env, ["a", "b", "c"]).await;
@@ -637,6 +957,152 @@ async fn greeting_writes_its_message_through_the_status_subresource() {
         !reasons.iter().any(|r| r == "Updated"),
         "only the status changed: the Greeting itself must not be written ({reasons:?})"
     );
+
+    controller.stop().await;
+    delete_namespaces(&env, &[]).await;
+}
+
+/// greeting's child: a ConfigMap with the message, owned by the Greeting (controller
+/// ownerReference, nuop's labels), recreated when deleted, put back when edited, kept in
+/// step with the spec, garbage-collected with the Greeting; reconciles read it from the
+/// owns cache (no LIST request).
+#[tokio::test]
+async fn greeting_owns_a_configmap_that_is_recreated_and_garbage_collected() {
+    let env = TestEnv::new("greeting-child").await;
+    ensure_greeting_crd(&env.client).await;
+    let (view, lists) = counted(&env).await;
+    let controller = view
+        .run_script("greeting", &example("greeting"), ExecutorKind::Embedded)
+        .await;
+    assert_only_watches_wake(&controller.config);
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("examples.nuop.dev", "v1alpha1", "Greeting"),
+        "greetings",
+    );
+    let greetings =
+        Api::<DynamicObject>::namespaced_with(env.client.clone(), &env.namespace, &resource);
+    let greeting: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "examples.nuop.dev/v1alpha1", "kind": "Greeting",
+        "metadata": {"name": "ada"}, "spec": {"name": "Ada"}
+    }))
+    .expect("greeting");
+    eventually("the Greeting to be accepted", LIMIT, || async {
+        match greetings.create(&PostParams::default(), &greeting).await {
+            Ok(_) => Some(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Some(()),
+            Err(_) => None,
+        }
+    })
+    .await;
+    let uid = greetings.get("ada").await.expect("get ada").uid();
+
+    let cms = env.api::<ConfigMap>();
+    let child_with = |message: &'static str| {
+        let cms = cms.clone();
+        async move {
+            eventually(
+                &format!("ConfigMap ada-greeting with message {message:?}"),
+                LIMIT,
+                || async {
+                    let cm = cms.get_opt("ada-greeting").await.ok()??;
+                    (cm.data.as_ref()?.get("message").map(String::as_str) == Some(message))
+                        .then_some(cm)
+                },
+            )
+            .await
+        }
+    };
+    let child = child_with("Hello, Ada!").await;
+    let owner = child
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .unwrap_or_else(|| {
+            panic!(
+                "the child has a controller owner: {:?}",
+                child.owner_references()
+            )
+        });
+    assert_eq!(
+        (
+            owner.kind.as_str(),
+            owner.name.as_str(),
+            Some(owner.uid.clone())
+        ),
+        ("Greeting", "ada", uid),
+        "the Greeting is the child's controller owner"
+    );
+    assert_eq!(owner.block_owner_deletion, Some(true));
+    for (label, value) in [
+        ("app.kubernetes.io/managed-by", "nuop"),
+        ("nuop.dev/controller", "greeting"),
+    ] {
+        assert_eq!(
+            child.labels().get(label).map(String::as_str),
+            Some(value),
+            "the child carries nuop's label {label}: {:?}",
+            child.labels()
+        );
+    }
+    let lists_before = lists.load(Ordering::SeqCst);
+    assert!(
+        lists_before > 0,
+        "the counting client sees the caches' first LISTs (else it counts nothing)"
+    );
+
+    // Deleted: created again.
+    cms.delete("ada-greeting", &DeleteParams::default())
+        .await
+        .expect("delete the child");
+    let again = child_with("Hello, Ada!").await;
+    assert_ne!(
+        again.uid(),
+        child.uid(),
+        "the deleted child was created again"
+    );
+
+    // Edited: put back.
+    cms.patch(
+        "ada-greeting",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"message": "tampered"}})),
+    )
+    .await
+    .expect("edit the child");
+    child_with("Hello, Ada!").await;
+
+    // The spec changes: the child follows.
+    greetings
+        .patch(
+            "ada",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"style": "loud"}})),
+        )
+        .await
+        .expect("make it loud");
+    child_with("HELLO, ADA!").await;
+    assert_eq!(
+        lists.load(Ordering::SeqCst) - lists_before,
+        0,
+        "the reconciles read the child from the owns cache, never with a LIST"
+    );
+
+    // The Greeting goes: Kubernetes' garbage collector deletes the child.
+    greetings
+        .delete("ada", &DeleteParams::background())
+        .await
+        .expect("delete the Greeting");
+    eventually(
+        "the garbage collector to delete ada-greeting",
+        LIMIT,
+        || async {
+            match cms.get_opt("ada-greeting").await {
+                Ok(None) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
 
     controller.stop().await;
     delete_namespaces(&env, &[]).await;
