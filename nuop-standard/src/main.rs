@@ -80,6 +80,12 @@ enum Command {
         /// Cases run at once (default: the number of CPUs).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Run the cases against a real API server instead of the fake cluster, each
+        /// in fresh namespaces (the case's namespaces renamed `<random>-<name>`, deleted
+        /// afterwards), to show that the fake behaves like it. The kubeconfig comes from
+        /// `NUOP_TEST_KUBECONFIG`, else `KUBECONFIG` or `~/.kube/config`.
+        #[arg(long, conflicts_with = "update")]
+        live: bool,
     },
     /// Write the signatures of nuop's commands (`k8s …`) as a Nushell module, for
     /// editors, language servers and `nu --ide-check`: save it as `nuop-k8s.nu` in a
@@ -92,6 +98,32 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+/// The client `test --live` uses: `NUOP_TEST_KUBECONFIG`'s kubeconfig when set, else
+/// kube's defaults (`KUBECONFIG`, `~/.kube/config`, in-cluster).
+async fn live_client() -> anyhow::Result<kube::Client> {
+    nuop_core::install_crypto_provider();
+    let config = match std::env::var_os("NUOP_TEST_KUBECONFIG").filter(|p| !p.is_empty()) {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "--live: cannot read {}: {e}",
+                    std::path::Path::new(&path).display()
+                )
+            })?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("--live: {e}"))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| anyhow::anyhow!("--live: no kubeconfig: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| anyhow::anyhow!("--live: {e}"))
 }
 
 /// The Lease name used when `--leader-election-id` is not given.
@@ -171,7 +203,13 @@ fn main() -> anyhow::Result<ExitCode> {
             update,
             junit,
             jobs,
+            live,
         }) => dev_runtime()?.block_on(async {
+            let live = if live {
+                Some(live_client().await?)
+            } else {
+                None
+            };
             let dirs = if dirs.is_empty() {
                 vec![PathBuf::from(".")]
             } else {
@@ -184,6 +222,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     vec![ExecutorKind::Embedded, ExecutorKind::Process]
                 },
                 update,
+                live,
                 jobs: jobs.unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
                 }),

@@ -5,7 +5,8 @@
 //! and a malformed case file (an error naming the file and the field).
 //!
 //! The process executor needs `nu`: `nuop_core::testing::nu_binary` panics when it is
-//! missing, and the binary gets it through `NUOP_NU`.
+//! missing, and the binary gets it through `NUOP_NU`. The `--live` test needs the local
+//! control plane (`nuop_core::testing::kubeconfig_path` starts it or panics).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -178,6 +179,45 @@ fn the_stubs_let_nu_ide_check_know_the_k8s_commands() {
         "{out:?}"
     );
     assert!(!named_k8s.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_runs_the_same_cases_against_the_control_plane() {
+    let kubeconfig = nuop_core::testing::kubeconfig_path();
+    let client = nuop_core::testing::client().await;
+    let crd = std::fs::read_to_string(fixtures().join("good/cleaner/crd.yaml")).expect("crd");
+    let crd = nuop_core::protocol::parse_document(&crd).expect("crd yaml");
+    let crd = serde_json::from_value(crd).expect("a CRD");
+    nuop_core::testing::create_crd(&client, &crd).await;
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nuop-standard"));
+    command
+        .args(["test", "good", "k8s", "--live"])
+        .current_dir(fixtures())
+        .env("NUOP_NU", nu_binary())
+        .env("NUOP_TEST_KUBECONFIG", &kubeconfig);
+    let out = tokio::time::timeout(HANG_GUARD, tokio::process::Command::from(command).output())
+        .await
+        .expect("nuop-standard test --live did not finish")
+        .expect("run nuop-standard");
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for executor in ["embedded", "process"] {
+        for line in [
+            format!(
+                "ok    good/cleaner/tests/finalize.yaml: finalize removes the finalizer and the object goes [{executor} live]"
+            ),
+            format!("ok    k8s/copier/tests/copies.yaml: copies to s-copy [{executor} live]"),
+        ] {
+            assert!(text.contains(&line), "{line:?} in {text}");
+        }
+    }
+    assert_eq!(last_line(&text), "14 passed, 0 failed", "{text}");
 }
 
 #[test]

@@ -35,11 +35,13 @@
 //! fails too, without being waited for.
 //!
 //! Pure parts: [`case`] (parsing), [`expect`] (matching, differences, `--update`),
-//! [`junit`] (the XML report), [`replace_expect`]. I/O: [`run`].
+//! [`junit`] (the XML report), [`replace_expect`]. I/O: [`run`], and [`live`], which
+//! runs the same cases against a real API server (`--live`) in fresh namespaces.
 
 pub mod case;
 pub mod expect;
 pub mod junit;
+pub mod live;
 pub mod run;
 
 use serde_json::{Map, Value};

@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use super::case::{Case, CaseError, parse_case};
 use super::expect::{Mismatch, check, normalize, updated};
 use super::junit::{JunitCase, Problem};
+use super::live::{LiveCase, map_back};
 use crate::cluster::{Cluster, FakeCluster, KindName, PatchType, Propagation, Request, Target};
 use crate::k8s::{Session, SessionParts};
 use crate::protocol::{
@@ -39,7 +40,7 @@ pub const CASES_DIR: &str = "tests";
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// What `nuop-standard test` was asked to do.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// The executors every case runs on.
     pub executors: Vec<ExecutorKind>,
@@ -47,6 +48,8 @@ pub struct Options {
     pub update: bool,
     /// Cases run at once.
     pub jobs: usize,
+    /// Run against this API server instead of the fake cluster (see [`super::live`]).
+    pub live: Option<kube::Client>,
 }
 
 /// How one case ended on one executor.
@@ -71,6 +74,8 @@ pub struct CaseRun {
     pub name: String,
     /// The executor; none for a case file that did not parse.
     pub executor: Option<ExecutorKind>,
+    /// Whether it ran against a real API server (`--live`).
+    pub live: bool,
     /// How long it ran.
     pub time: Duration,
     /// How it ended.
@@ -89,8 +94,9 @@ impl CaseRun {
 
     /// `file: name [executor]`.
     pub fn title(&self) -> String {
+        let live = if self.live { " live" } else { "" };
         match self.executor {
-            Some(e) => format!("{}: {} [{e}]", self.file.display(), self.name),
+            Some(e) => format!("{}: {} [{e}{live}]", self.file.display(), self.name),
             None => format!("{}: {}", self.file.display(), self.name),
         }
     }
@@ -128,8 +134,9 @@ impl CaseRun {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let live = if self.live { " live" } else { "" };
         let name = match self.executor {
-            Some(e) => format!("{} [{e}]", self.name),
+            Some(e) => format!("{} [{e}{live}]", self.name),
             None => self.name.clone(),
         };
         let problem = match &self.verdict {
@@ -242,6 +249,7 @@ pub async fn run(
                         .map(|s| s.to_string_lossy().into_owned())
                         .unwrap_or_default(),
                     executor: None,
+                    live: false,
                     time: Duration::ZERO,
                     verdict: Verdict::Error(e.to_string()),
                     actual: None,
@@ -260,12 +268,13 @@ pub async fn run(
         }
     }
     let parse_errors = runs.len();
+    let live = options.live.as_ref();
     let results: Vec<(usize, CaseRun)> = futures::stream::iter(jobs.into_iter().enumerate())
         .map(|(i, (script, executor, loaded, case))| async move {
             let started = Instant::now();
             let (verdict, actual) = match &*loaded {
                 Err(e) => (Verdict::Error(e.clone()), None),
-                Ok(loaded) => match run_case(&loaded.0, &loaded.1, &case).await {
+                Ok(loaded) => match run_case(&loaded.0, &loaded.1, &case, live).await {
                     Err(e) => (Verdict::Error(e), None),
                     Ok(actual) => {
                         let mismatches = if case.expect.is_empty() {
@@ -297,6 +306,7 @@ pub async fn run(
                     file: case.file.clone(),
                     name: case.name.clone(),
                     executor: Some(executor),
+                    live: live.is_some(),
                     time: started.elapsed(),
                     verdict,
                     actual,
@@ -568,7 +578,8 @@ struct Ended {
     requeue: Value,
 }
 
-/// Runs one case on a prepared script: the case's objects in a fresh [`FakeCluster`],
+/// Runs one case on a prepared script: the case's objects in a fresh [`FakeCluster`]
+/// (or, with `live`, in fresh namespaces of that API server, see [`super::live`]),
 /// the runtime's step for the input, the call, and what the runtime does with its
 /// answer. Returns the actual result (see [`super::expect`]).
 ///
@@ -579,13 +590,23 @@ pub async fn run_case(
     runner: &ScriptRunner,
     config: &ScriptConfig,
     case: &Case,
+    live: Option<&kube::Client>,
 ) -> Result<Value, String> {
-    let fake =
-        Arc::new(FakeCluster::new(case.cluster.clone()).map_err(|e| format!("cluster: {e}"))?);
-    let primary = crate::devtools::primary_in(&fake, &case.input)
-        .await
-        .map_err(|e| format!("input: {e}"))?;
-    let cluster: Arc<dyn Cluster> = fake.clone();
+    let (cluster, primary, fake, live): (Arc<dyn Cluster>, Value, _, _) = match live {
+        None => {
+            let fake = Arc::new(
+                FakeCluster::new(case.cluster.clone()).map_err(|e| format!("cluster: {e}"))?,
+            );
+            let primary = crate::devtools::primary_in(&fake, &case.input)
+                .await
+                .map_err(|e| format!("input: {e}"))?;
+            (fake.clone(), primary, Some(fake), None)
+        }
+        Some(client) => {
+            let (live, primary) = LiveCase::create(client.clone(), case).await?;
+            (live.cluster.clone(), primary, None, Some(live))
+        }
+    };
     let controller = config.name.clone();
     let field_manager = format!("nuop-{controller}");
     let finalizer = config.finalizer.as_deref();
@@ -851,10 +872,14 @@ pub async fn run_case(
         .await
         .map(|o| normalize(&o))
         .unwrap_or(Value::Null);
-    let commands: Vec<Value> = session
-        .map(|s| s.issued().iter().map(command_view).collect())
-        .unwrap_or_default();
-    Ok(json!({
+    let issued = session.map(|s| s.issued()).unwrap_or_default();
+    let commands: Vec<Value> = issued.iter().map(command_view).collect();
+    let objects = match (&fake, &live) {
+        (Some(fake), _) => fake.objects(),
+        (None, Some(live)) => live.objects(&kinds_of(case, &issued)).await,
+        (None, None) => Vec::new(),
+    };
+    let actual = json!({
         "exit": ended.exit,
         "outcome": ended.outcome,
         "error": error_text,
@@ -862,11 +887,50 @@ pub async fn run_case(
         "status": after.get("status").cloned().unwrap_or(Value::Null),
         "object": after,
         "commands": commands,
-        "cluster": fake.objects().iter().map(normalize).collect::<Vec<_>>(),
+        "cluster": objects.iter().map(normalize).collect::<Vec<_>>(),
         "events": events,
         "requeue": ended.requeue,
         "logs": logs,
-    }))
+    });
+    Ok(match live {
+        None => actual,
+        Some(live) => {
+            live.delete_with(&objects).await;
+            map_back(&actual, &live.back)
+        }
+    })
+}
+
+/// The kinds a live case's cluster state is read back for: the input's, the case's
+/// objects', those its expectations name and those its commands touched.
+fn kinds_of(case: &Case, issued: &[Request]) -> Vec<KindName> {
+    let of = |o: &Value| KindName {
+        kind: text(o, "/kind").unwrap_or_default().to_string(),
+        api_version: text(o, "/apiVersion").map(str::to_string),
+    };
+    let mut kinds: Vec<KindName> = std::iter::once(&case.input)
+        .chain(&case.cluster)
+        .map(of)
+        .collect();
+    for key in ["cluster", "absent"] {
+        if let Some(Value::Array(entries)) = case.expect.get(key) {
+            kinds.extend(entries.iter().filter(|e| e.get("kind").is_some()).map(of));
+        }
+    }
+    for request in issued {
+        match request {
+            Request::Get { target, .. }
+            | Request::Patch { target, .. }
+            | Request::Delete { target, .. } => kinds.push(target.kind.clone()),
+            Request::List { kind, .. } => kinds.push(kind.clone()),
+            Request::Apply { object, .. } | Request::Create { object, .. } => {
+                kinds.push(of(object));
+            }
+        }
+    }
+    kinds.retain(|k| !k.kind.is_empty());
+    kinds.dedup();
+    kinds
 }
 
 /// A JSON Patch without its `test` ops of `null` at paths `object` lacks: the API
@@ -957,6 +1021,7 @@ mod tests {
             file: PathBuf::from("g/tests/a.yaml"),
             name: "says hello".into(),
             executor: Some(ExecutorKind::Process),
+            live: false,
             time: Duration::ZERO,
             verdict: Verdict::Failed(vec![Mismatch {
                 pointer: "/exit".into(),
