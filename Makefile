@@ -75,13 +75,19 @@ build: ## Build every binary (release).
 	$(CARGO) build --workspace --release
 
 .PHONY: test
-test: tools fmt-check lint hadolint ## Format check, lint, unit and integration tests (starts the control plane).
+test: tools fmt-check lint hadolint ## Format check, lint, unit and integration tests, the examples' test cases on both executors, fake and live (starts the control plane).
 	@start=$$(date +%s); kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); \
 	  echo "make test: control plane (build if needed + start) took $$(( $$(date +%s) - start ))s: $$kubeconfig" >&2; \
 	  eval "$$($(CONTROL_PLANE) env)"; \
 	  start=$$(date +%s); \
 	  NUOP_TEST_KUBECONFIG="$$kubeconfig" $(CARGO) test --workspace --profile $(PROFILE) --no-fail-fast; \
-	  echo "make test: cargo test took $$(( $$(date +%s) - start ))s" >&2
+	  echo "make test: cargo test took $$(( $$(date +%s) - start ))s" >&2; \
+	  start=$$(date +%s); \
+	  NUOP_NU=$(NU) $(TARGET_DIR)/$(PROFILE)/nuop-standard test examples; \
+	  $(CONTROL_PLANE) kubectl apply -f examples/greeting/crd.yaml >/dev/null; \
+	  $(CONTROL_PLANE) kubectl wait --for condition=established crd/greetings.examples.nuop.dev >/dev/null; \
+	  NUOP_NU=$(NU) NUOP_TEST_KUBECONFIG="$$kubeconfig" $(TARGET_DIR)/$(PROFILE)/nuop-standard test examples --live; \
+	  echo "make test: nuop-standard test examples (fake cluster, then --live) took $$(( $$(date +%s) - start ))s" >&2
 
 .PHONY: test-unit
 test-unit: tools ## Unit tests only (no control plane).

@@ -21,9 +21,13 @@
 //! An owner reference to the input's uid (a case may give the input one) names the
 //! server's uid for the input, and the server's uid reads back as the case's.
 //!
+//! Label and annotation values of the case's objects are remapped word by word (a
+//! word is a run of letters, digits and `-`): a label `replica-of: src.settings` or an
+//! annotation `include: "a,b"` names the server's namespaces. So a case's namespace
+//! names should not also be words of those values with another meaning.
+//!
 //! Limits: the kinds a case uses must be served (install CRDs first); namespace names
-//! inside other strings (an annotation listing namespaces) are not remapped on the way
-//! in; cluster-scoped kinds other than `Namespace` cannot be written; the server
+//! inside other strings (data, spec) are not remapped on the way in; cluster-scoped kinds other than `Namespace` cannot be written; the server
 //! adds what the fake does not (a `kube-root-ca.crt` ConfigMap in every namespace,
 //! defaults), which subset expectations ignore.
 //!
@@ -66,9 +70,40 @@ pub fn case_namespaces(case: &Case) -> BTreeSet<String> {
     names
 }
 
-/// `object` with its namespace (and a Namespace's name) as `names` maps them.
+/// `text` with every whole word (a run of letters, digits and `-`) that is a key of
+/// `names` replaced by its value: `src.settings` → `nl1-src.settings`, `a,b` → `nl1-a,nl1-b`.
+pub fn remap_words(text: &str, names: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(names.get(word.as_str()).unwrap_or(word));
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// `object` with its namespace (and a Namespace's name) as `names` maps them, and the
+/// namespaces named as whole words in its label and annotation values.
 pub fn remap(object: &Value, names: &BTreeMap<String, String>) -> Value {
     let mut object = object.clone();
+    for field in ["/metadata/labels", "/metadata/annotations"] {
+        if let Some(Value::Object(values)) = object.pointer_mut(field) {
+            for value in values.values_mut() {
+                if let Value::String(text) = value {
+                    *text = remap_words(text, names);
+                }
+            }
+        }
+    }
     let pointers: &[&str] = if is_namespace(&object) {
         &["/metadata/name", "/metadata/namespace"]
     } else {
@@ -673,6 +708,15 @@ mod tests {
                 &names
             ),
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "nl1-a"}})
+        );
+        assert_eq!(
+            remap(
+                &json!({"kind": "ConfigMap", "metadata": {"name": "a", "namespace": "x",
+                    "labels": {"a": "a.s", "b": "ab"}, "annotations": {"c": "a, b,a"}}}),
+                &names
+            ),
+            json!({"kind": "ConfigMap", "metadata": {"name": "a", "namespace": "x",
+                "labels": {"a": "nl1-a.s", "b": "ab"}, "annotations": {"c": "nl1-a, b,nl1-a"}}})
         );
         let back: BTreeMap<String, String> = [("nl1-a".to_string(), "a".to_string())].into();
         assert_eq!(

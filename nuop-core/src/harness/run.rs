@@ -594,9 +594,16 @@ pub async fn run_case(
 ) -> Result<Value, String> {
     let (cluster, primary, fake, live): (Arc<dyn Cluster>, Value, _, _) = match live {
         None => {
-            let fake = Arc::new(
-                FakeCluster::new(case.cluster.clone()).map_err(|e| format!("cluster: {e}"))?,
-            );
+            // The input is one of the cluster's objects from the start, so that a uid
+            // the case gives it (owner references name it) is kept.
+            let mut objects = case.cluster.clone();
+            if !objects
+                .iter()
+                .any(|o| target_of(o) == target_of(&case.input))
+            {
+                objects.push(case.input.clone());
+            }
+            let fake = Arc::new(FakeCluster::new(objects).map_err(|e| format!("cluster: {e}"))?);
             let primary = crate::devtools::primary_in(&fake, &case.input)
                 .await
                 .map_err(|e| format!("input: {e}"))?;
