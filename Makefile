@@ -84,7 +84,7 @@ test: tools fmt-check lint hadolint ## Format check, lint, unit and integration 
 	  echo "make test: cargo test took $$(( $$(date +%s) - start ))s" >&2; \
 	  start=$$(date +%s); \
 	  NUOP_NU=$(NU) $(TARGET_DIR)/$(PROFILE)/nuop-standard test examples; \
-	  $(CONTROL_PLANE) kubectl apply -f examples/greeting/crd.yaml >/dev/null; \
+	  $(CONTROL_PLANE) kubectl apply --server-side --force-conflicts -f examples/greeting/crd.yaml >/dev/null; \
 	  $(CONTROL_PLANE) kubectl wait --for condition=established crd/greetings.examples.nuop.dev >/dev/null; \
 	  NUOP_NU=$(NU) NUOP_TEST_KUBECONFIG="$$kubeconfig" $(TARGET_DIR)/$(PROFILE)/nuop-standard test examples --live; \
 	  echo "make test: nuop-standard test examples (fake cluster, then --live) took $$(( $$(date +%s) - start ))s" >&2
