@@ -221,7 +221,10 @@ pub async fn run_with_backoff(
         })
         .collect();
     caches.extend(related.iter().flat_map(related::Related::caches));
-    let cluster = Arc::new(LiveCluster::new(client.clone(), caches));
+    // The calls' writes are remembered so that their own watch events (echoes) do not
+    // wake the primaries that made them again (cluster::echo).
+    let echoes = crate::cluster::echo::Echoes::new();
+    let cluster = echoes.around(Arc::new(LiveCluster::new(client.clone(), caches)));
 
     let name = config.name.clone();
     let ctx = Arc::new(
@@ -304,9 +307,16 @@ pub async fn run_with_backoff(
     // `reads` only need their subscriptions held; `owns` and `watches` route changes.
     let (reads, triggering): (Vec<_>, Vec<_>) =
         related.into_iter().partition(|r| r.list == ListKind::Reads);
-    let routers = triggering
-        .into_iter()
-        .map(|r| related::route_changes(r, routes.clone(), ctx.clone(), shutdown.clone()).boxed());
+    let routers = triggering.into_iter().map(|r| {
+        related::route_changes(
+            r,
+            routes.clone(),
+            ctx.clone(),
+            echoes.clone(),
+            shutdown.clone(),
+        )
+        .boxed()
+    });
     let release_runs = releases.into_iter().map(|namespace| {
         release::run(
             ctx.clone(),

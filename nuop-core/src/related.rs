@@ -19,6 +19,7 @@ use kube::discovery::Scope;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tracing::{Instrument, debug, error, info, warn};
 
+use crate::cluster::echo::Echoes;
 use crate::cluster::live::CachedKind;
 use crate::health::Readiness;
 use crate::informers::{Change, InformerKey, Informers, Received, Subscription};
@@ -327,11 +328,14 @@ impl Routes {
 
 /// Routes the changes of one `owns` or `watches` entry until shutdown: the `on` filter,
 /// the mapper, then [`Routes`]. A lagging subscription reconciles every primary once
-/// (counted in `nuop_informer_lagged_total`).
+/// (counted in `nuop_informer_lagged_total`). A change that is the echo of one of the
+/// controller's own writes (see [`Echoes`]) wakes nothing: the call that wrote it saw
+/// the result.
 pub async fn route_changes(
     mut related: Related,
     routes: Arc<Routes>,
     ctx: Arc<Context>,
+    echoes: Arc<Echoes>,
     shutdown: Shutdown,
 ) {
     let controller = ctx.config.name.clone();
@@ -358,7 +362,9 @@ pub async fn route_changes(
         let filter = &mut filters[i];
         let woken: Vec<Arc<DynamicObject>> = match received {
             Received::Change(Change::Applied(object)) => {
-                if filter.applied(&object) {
+                // The filter sees every change (it keeps the latest fingerprint); an
+                // echo is dropped after it.
+                if filter.applied(&object) && !is_echo(&echoes, &object) {
                     vec![object]
                 } else {
                     Vec::new()
@@ -390,6 +396,13 @@ pub async fn route_changes(
                 }
             }
         }
+    }
+}
+
+fn is_echo(echoes: &Echoes, object: &DynamicObject) -> bool {
+    match (&object.metadata.uid, &object.metadata.resource_version) {
+        (Some(uid), Some(version)) => echoes.is_echo(uid, version),
+        _ => false,
     }
 }
 

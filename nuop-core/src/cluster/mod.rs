@@ -167,6 +167,7 @@ pub trait Cluster: Send + Sync {
     }
 }
 
+pub mod echo;
 pub mod fake;
 mod kinds;
 pub mod live;

@@ -44,6 +44,9 @@ pub struct SessionParts {
     pub deadline: Instant,
 }
 
+/// How many objects of one `k8s apply` list are in flight at once.
+const APPLY_CONCURRENCY: usize = 8;
+
 /// Identifies an object across the call's writes and reads: group, kind, namespace, name.
 type Key = (String, String, Option<String>, String);
 
@@ -271,7 +274,7 @@ impl Session {
                 dry_run,
             } => {
                 let Objects { items, single } = objects;
-                let mut applied = Vec::with_capacity(items.len());
+                let mut requests = Vec::with_capacity(items.len());
                 for object in items {
                     check_object(verb, &object, false)?;
                     let (object, target_text) = self.prepare_write(verb, object, true).await?;
@@ -280,7 +283,25 @@ impl Session {
                         status,
                         dry_run,
                     };
-                    let result = self.execute(verb, &target_text, &request).await?;
+                    requests.push((request, target_text));
+                }
+                // A list is applied APPLY_CONCURRENCY objects at a time, recorded
+                // in its order; the first failure in list order is the answer (objects
+                // after it may have been applied).
+                lock(&self.issued).extend(requests.iter().map(|(r, _)| r.clone()));
+                let mut results: Vec<Result<Value, K8sError>> = Vec::with_capacity(requests.len());
+                for chunk in requests.chunks(APPLY_CONCURRENCY) {
+                    let writes: Vec<_> = chunk
+                        .iter()
+                        .map(|(request, target_text)| {
+                            self.execute_unrecorded(verb, target_text, request)
+                        })
+                        .collect();
+                    results.extend(futures::future::join_all(writes).await);
+                }
+                let mut applied = Vec::with_capacity(results.len());
+                for result in results {
+                    let result = result?;
                     if !dry_run {
                         self.remember(&result);
                     }
@@ -506,6 +527,16 @@ impl Session {
         request: &Request,
     ) -> Result<Value, K8sError> {
         lock(&self.issued).push(request.clone());
+        self.execute_unrecorded(verb, target, request).await
+    }
+
+    /// [`Self::execute`] for a request already recorded in `issued`.
+    async fn execute_unrecorded(
+        &self,
+        verb: &str,
+        target: &str,
+        request: &Request,
+    ) -> Result<Value, K8sError> {
         self.cluster
             .execute(&self.field_manager, request)
             .await
