@@ -10,7 +10,7 @@
 //! is left alone, copies in namespaces that stop being targets are deleted, and a
 //! finalizer deletes every copy with the source. A changed or deleted copy wakes its
 //! source (label mapper over a cache of all ConfigMaps); a namespace change wakes every
-//! source. Reads come from those caches, never from the API server.
+//! source. Reads come from those caches, not from the API server.
 //!
 //! Does I/O (the API server named by `KUBECONFIG`). Usage:
 //! `kube-replicator [--namespace NS] [--concurrency N]` (sources in NS only; 8 reconciles

@@ -45,7 +45,7 @@ pub fn describe(config: &ScriptConfig) -> String {
 /// and one error per broken script, plus the static findings of
 /// [`crate::script::embedded::lint`]: parse errors with file:line:column, `^kubectl`,
 /// deprecated commands, `k8s` commands on kinds the config does not declare, and phases
-/// that are never called. With `json`, every finding is one line on `out` in the shape
+/// that no config reaches. With `json`, every finding is one line on `out` in the shape
 /// of `nu --ide-check` (`{"type":"diagnostic","severity","message","span":{start,end}}`,
 /// plus `file`, `line` and `column`), and nothing else is printed there. Returns how
 /// many scripts are broken.

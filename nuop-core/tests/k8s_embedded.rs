@@ -6,79 +6,25 @@
 //! The control-plane tests need `hack/control-plane up` (see `nuop_core::testing`); they
 //! fail, not skip, without it.
 
+#[path = "k8s_cases/clusters.rs"]
+mod clusters;
 #[path = "k8s_cases/mod.rs"]
 mod k8s_cases;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use nuop_core::cluster::{Cluster, FakeCluster, KindName, LiveCluster, Request, ResolvedKind};
-use nuop_core::k8s::{ErrorCode, Invocation, K8sError, Session, SessionParts};
+use nuop_core::cluster::{Cluster, FakeCluster, LiveCluster, Request};
+use nuop_core::k8s::{ErrorCode, Invocation, Session, SessionParts};
 use nuop_core::protocol::Phase;
 use nuop_core::script::{
     CallRequest, CallResult, ExecError, ExecutorKind, LoadError, Script, ScriptRunner,
 };
 use serde_json::{Value, json};
 
+use clusters::{Hanging, Lagging};
 use k8s_cases::{cases, owns, primary};
-
-/// A cluster whose reads come from a snapshot of the objects taken before the call and
-/// whose writes go to a live copy: a watch cache that has not caught up yet.
-struct Lagging {
-    reads: FakeCluster,
-    writes: FakeCluster,
-}
-
-impl Cluster for Lagging {
-    fn execute<'a>(
-        &'a self,
-        field_manager: &'a str,
-        request: &'a Request,
-    ) -> BoxFuture<'a, Result<Value, K8sError>> {
-        match request {
-            Request::Get { .. } | Request::List { .. } => {
-                self.reads.execute(field_manager, request)
-            }
-            _ => self.writes.execute(field_manager, request),
-        }
-    }
-
-    fn resolve<'a>(&'a self, kind: &'a KindName) -> BoxFuture<'a, Result<ResolvedKind, K8sError>> {
-        self.reads.resolve(kind)
-    }
-}
-
-/// A cluster that never answers, counting the requests waiting on it.
-#[derive(Default)]
-struct Hanging {
-    waiting: Arc<AtomicUsize>,
-}
-
-struct Waiting(Arc<AtomicUsize>);
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Cluster for Hanging {
-    fn execute<'a>(
-        &'a self,
-        _field_manager: &'a str,
-        _request: &'a Request,
-    ) -> BoxFuture<'a, Result<Value, K8sError>> {
-        let waiting = self.waiting.clone();
-        Box::pin(async move {
-            waiting.fetch_add(1, Ordering::SeqCst);
-            let _guard = Waiting(waiting);
-            futures::future::pending::<()>().await;
-            Ok(Value::Null)
-        })
-    }
-}
 
 /// A script directory whose `main reconcile` runs `body` and answers `{result: ...}`.
 fn script_with(body: &str) -> (tempfile::TempDir, Script) {
@@ -146,10 +92,7 @@ async fn every_case_passes_on_the_fake_cluster() {
         let mut objects = case.objects.clone();
         objects.push(primary());
         let cluster: Arc<dyn Cluster> = if case.lagging_reads {
-            Arc::new(Lagging {
-                reads: FakeCluster::new(objects.clone()).expect("fake"),
-                writes: FakeCluster::new(objects).expect("fake"),
-            })
+            Arc::new(Lagging::new(objects))
         } else {
             Arc::new(FakeCluster::new(objects).expect("fake"))
         };

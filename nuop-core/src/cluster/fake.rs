@@ -349,7 +349,7 @@ impl State {
     }
 
     /// Sets what the server sets on a write: uid and creationTimestamp once, a new
-    /// resourceVersion always, generation 1 then +1 per change outside metadata/status.
+    /// resourceVersion on every write, generation 1 then +1 per change outside metadata/status.
     fn stamp(&mut self, mut object: Value, previous: Option<&Value>) -> Value {
         self.version += 1;
         let version = self.version;

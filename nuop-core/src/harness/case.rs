@@ -2,8 +2,8 @@
 //!
 //! Pure apart from the `read` callback the caller passes for `file:` references, so the
 //! whole format is unit-tested on strings. Every problem is a [`CaseError`] naming the
-//! file and the field (`expect.commands[1]`, `input.file`), never a panic and never a
-//! case that silently checks less than it says.
+//! file and the field (`expect.commands[1]`, `input.file`), not a panic nor a
+//! case that silently checks less than it says (`malformed_cases_name_the_file_and_the_field`).
 //!
 //! # The format
 //!

@@ -92,7 +92,7 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
-/// Metadata a server assigns: never compared.
+/// Metadata a server assigns: not compared.
 const SERVER_METADATA: &[&str] = &[
     "uid",
     "resourceVersion",

@@ -16,7 +16,7 @@
 //! namespaces as the fake would (null, an empty list), filters cluster-wide lists to
 //! them (a `k8s list namespaces` lists the case's namespaces, not the server's), maps
 //! a namespace the script names literally (`--namespace a`) to the server's, and
-//! refuses writes anywhere else, so a case can never touch other namespaces.
+//! refuses writes anywhere else, so a case writes only to its own namespaces.
 //!
 //! An owner reference to the input's uid (a case may give the input one) names the
 //! server's uid for the input, and the server's uid reads back as the case's.
