@@ -193,7 +193,11 @@ fn config_map(name: &str) -> ConfigMap {
 #[tokio::test]
 async fn the_secret_is_created_once_and_every_replica_serves_its_ca() {
     let env = TestEnv::new("webhook-secret").await;
-    let source = self_signed(&env.namespace, "nuop-webhook-tls", Duration::from_secs(3600));
+    let source = self_signed(
+        &env.namespace,
+        "nuop-webhook-tls",
+        Duration::from_secs(3600),
+    );
     let stop = CancellationToken::new();
     // Two replicas starting at once: one creates, the other loses the race (or comes
     // second) and reads the winner's Secret.
@@ -297,7 +301,10 @@ async fn rotation_under_continuous_admission_fails_no_request() {
     while tokio::time::Instant::now() < deadline {
         creates += 1;
         if let Err(e) = config_maps
-            .create(&PostParams::default(), &config_map(&format!("cm-{creates}")))
+            .create(
+                &PostParams::default(),
+                &config_map(&format!("cm-{creates}")),
+            )
             .await
         {
             failures.push(e.to_string());
@@ -317,7 +324,10 @@ async fn rotation_under_continuous_admission_fails_no_request() {
             // A few more calls with the old CA gone.
             for extra in 0..10 {
                 if let Err(e) = config_maps
-                    .create(&PostParams::default(), &config_map(&format!("after-{extra}")))
+                    .create(
+                        &PostParams::default(),
+                        &config_map(&format!("after-{extra}")),
+                    )
                     .await
                 {
                     failures.push(e.to_string());
@@ -328,11 +338,26 @@ async fn rotation_under_continuous_admission_fails_no_request() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(dropped_old_ca, "the CA rotated and the old CA left the bundle within 90 s");
-    assert!(failures.is_empty(), "{} of {creates} creates failed: {failures:?}", failures.len());
-    assert!(serving_seen.len() >= 5, "serving certificates seen: {}", serving_seen.len());
+    assert!(
+        dropped_old_ca,
+        "the CA rotated and the old CA left the bundle within 90 s"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {creates} creates failed: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        serving_seen.len() >= 5,
+        "serving certificates seen: {}",
+        serving_seen.len()
+    );
     // The first CA, the pair during the overlap, the new CA alone.
-    assert!(bundles_seen.len() >= 3, "bundles seen: {}", bundles_seen.len());
+    assert!(
+        bundles_seen.len() >= 3,
+        "bundles seen: {}",
+        bundles_seen.len()
+    );
     assert!(
         server.handshakes.load(Ordering::SeqCst) >= creates,
         "every call made a new handshake"
@@ -381,6 +406,21 @@ async fn the_registrar_applies_updates_and_removes_configurations() {
     let env = TestEnv::new("webhook-registrar").await;
     let identity = format!("test-{}", env.namespace);
     let name = configuration_name(&identity);
+    // Two real CA bundles (the API server checks a CRD's caBundle is PEM).
+    let stop = CancellationToken::new();
+    let mut bundles = Vec::new();
+    for secret in ["first-tls", "second-tls"] {
+        let certs = Certs::start(
+            Some(env.client.clone()),
+            self_signed(&env.namespace, secret, Duration::from_secs(3600)),
+            stop.clone(),
+        )
+        .await
+        .expect("certs");
+        let bundle = certs.ca_bundle().borrow().clone().expect("bundle");
+        bundles.push(bundle);
+    }
+    let (ca1, ca2) = (bundles[0].clone(), bundles[1].clone());
     let registrar = Registrar::new(
         env.client.clone(),
         identity.clone(),
@@ -405,7 +445,11 @@ async fn the_registrar_applies_updates_and_removes_configurations() {
     };
 
     registrar
-        .apply(&[validate.clone(), mutate.clone()], std::slice::from_ref(&conversion), Some(b"CA-1"))
+        .apply(
+            &[validate.clone(), mutate.clone()],
+            std::slice::from_ref(&conversion),
+            Some(&ca1),
+        )
         .await
         .expect("applied");
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
@@ -417,56 +461,87 @@ async fn the_registrar_applies_updates_and_removes_configurations() {
     assert_eq!(labels[IDENTITY_LABEL], identity);
     let hook = &v.webhooks.expect("webhooks")[0];
     assert_eq!(hook.name, "policy.validate.nuop.dev");
-    assert_eq!(hook.client_config.ca_bundle.as_ref().map(|b| b.0.clone()), Some(b"CA-1".to_vec()));
-    assert_eq!(hook.client_config.url.as_deref(), Some("https://127.0.0.1:1/validate/policy"));
+    assert_eq!(
+        hook.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+        Some(ca1.clone())
+    );
+    assert_eq!(
+        hook.client_config.url.as_deref(),
+        Some("https://127.0.0.1:1/validate/policy")
+    );
     let m = mutating.get(&name).await.expect("mutating");
-    assert_eq!(m.webhooks.expect("webhooks")[0].name, "defaults.mutate.nuop.dev");
+    assert_eq!(
+        m.webhooks.expect("webhooks")[0].name,
+        "defaults.mutate.nuop.dev"
+    );
     let converted = crds.get(&crd_name).await.expect("crd");
     let stanza = converted.spec.conversion.expect("conversion");
     assert_eq!(stanza.strategy, "Webhook");
-    let client = stanza.webhook.expect("webhook").client_config.expect("client");
-    assert_eq!(client.url.as_deref(), Some("https://127.0.0.1:1/convert/widget"));
-    assert_eq!(client.ca_bundle.map(|b| b.0), Some(b"CA-1".to_vec()));
+    let client = stanza
+        .webhook
+        .expect("webhook")
+        .client_config
+        .expect("client");
+    assert_eq!(
+        client.url.as_deref(),
+        Some("https://127.0.0.1:1/convert/widget")
+    );
+    assert_eq!(client.ca_bundle.map(|b| b.0), Some(ca1.clone()));
 
     // A new CA bundle reaches every configuration through run().
-    let (hooks_tx, hooks) = watch::channel((vec![validate.clone(), mutate.clone()], vec![conversion.clone()]));
-    let (ca_tx, ca) = watch::channel(Some(b"CA-1".to_vec()));
-    let stop = CancellationToken::new();
+    let (hooks_tx, hooks) = watch::channel((
+        vec![validate.clone(), mutate.clone()],
+        vec![conversion.clone()],
+    ));
+    let (ca_tx, ca) = watch::channel(Some(ca1.clone()));
     let running = {
         let stop = stop.clone();
         let client = env.client.clone();
         let identity = identity.clone();
         tokio::spawn(async move {
-            Registrar::new(client, identity, Endpoint::Url("https://127.0.0.1:1".into()))
-                .run(hooks, ca, stop)
-                .await;
+            Registrar::new(
+                client,
+                identity,
+                Endpoint::Url("https://127.0.0.1:1".into()),
+            )
+            .run(hooks, ca, stop)
+            .await;
         })
     };
-    ca_tx.send(Some(b"CA-2".to_vec())).expect("send");
+    ca_tx.send(Some(ca2.clone())).expect("send");
     eventually("the new bundle in both configurations", LIMIT, || {
         let (validating, mutating, name) = (validating.clone(), mutating.clone(), name.clone());
+        let ca2 = ca2.clone();
         async move {
             let v = validating.get(&name).await.ok()?;
             let m = mutating.get(&name).await.ok()?;
             let vb = v.webhooks?.first()?.client_config.ca_bundle.clone()?;
             let mb = m.webhooks?.first()?.client_config.ca_bundle.clone()?;
-            (vb.0 == b"CA-2" && mb.0 == b"CA-2").then_some(())
+            (vb.0 == ca2 && mb.0 == ca2).then_some(())
         }
     })
     .await;
 
     // Hooks go away one kind at a time; the conversion is given back.
     hooks_tx.send((vec![mutate.clone()], vec![])).expect("send");
-    eventually("the validating configuration deleted, the CRD given back", LIMIT, || {
-        let (validating, crds, name, crd_name) =
-            (validating.clone(), crds.clone(), name.clone(), crd_name.clone());
-        async move {
-            let gone = validating.get_opt(&name).await.ok()?.is_none();
-            let crd = crds.get(&crd_name).await.ok()?;
-            let strategy = crd.spec.conversion.map(|c| c.strategy);
-            (gone && strategy.as_deref() != Some("Webhook")).then_some(())
-        }
-    })
+    eventually(
+        "the validating configuration deleted, the CRD given back",
+        LIMIT,
+        || {
+            let (validating, crds, name, crd_name) = (
+                validating.clone(),
+                crds.clone(),
+                name.clone(),
+                crd_name.clone(),
+            );
+            async move {
+                let gone = validating.get_opt(&name).await.ok()?.is_none();
+                let crd = crds.get(&crd_name).await.ok()?;
+                let strategy = crd.spec.conversion.map(|c| c.strategy);
+                (gone && strategy.as_deref() != Some("Webhook")).then_some(())
+            }
+        },
+    )
     .await;
     assert!(mutating.get_opt(&name).await.expect("get").is_some());
     stop.cancel();

@@ -375,10 +375,13 @@ fn new_serving(
     );
     params.distinguished_name = dn;
     for dns in want.dns_names {
-        let name = dns.clone().try_into().map_err(|e: rcgen::Error| CertError::Invalid {
-            place: "the serving certificate's DNS names".into(),
-            reason: format!("{dns:?}: {e}"),
-        })?;
+        let name = dns
+            .clone()
+            .try_into()
+            .map_err(|e: rcgen::Error| CertError::Invalid {
+                place: "the serving certificate's DNS names".into(),
+                reason: format!("{dns:?}: {e}"),
+            })?;
         params.subject_alt_names.push(SanType::DnsName(name));
     }
     params
@@ -553,8 +556,7 @@ impl Material {
                 .ok_or_else(|| format!("key {k} is missing"))?;
             String::from_utf8(bytes.0.clone()).map_err(|_| format!("key {k} is not PEM text"))
         };
-        let previous_ca_not_after = if annotations.contains_key(PREVIOUS_CA_NOT_AFTER_ANNOTATION)
-        {
+        let previous_ca_not_after = if annotations.contains_key(PREVIOUS_CA_NOT_AFTER_ANNOTATION) {
             Some(parse_time(annotations, PREVIOUS_CA_NOT_AFTER_ANNOTATION)?)
         } else {
             None
@@ -577,7 +579,10 @@ impl Material {
                 issued_at: parse_time(annotations, ISSUED_AT_ANNOTATION)?,
                 not_after: parse_time(annotations, NOT_AFTER_ANNOTATION)?,
             },
-            sans: annotations.get(SANS_ANNOTATION).cloned().unwrap_or_default(),
+            sans: annotations
+                .get(SANS_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 }
@@ -595,7 +600,8 @@ fn certified_key(cert_pem: &[u8], key_pem: &[u8], place: &str) -> Result<Certifi
         return Err(invalid("tls.crt holds no certificate".into()));
     }
     // The error of a key parse never carries the key's bytes.
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(format!("tls.key: {e}")))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(format!("tls.key: {e}")))?;
     CertifiedKey::from_der(chain, key, &rustls::crypto::aws_lc_rs::default_provider())
         .map_err(|e| invalid(format!("tls.crt and tls.key: {e}")))
 }
@@ -731,7 +737,9 @@ fn now() -> i64 {
 }
 
 fn validity_seconds(validity: Duration) -> i64 {
-    i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 8).max(3)
+    i64::try_from(validity.as_secs())
+        .unwrap_or(i64::MAX / 8)
+        .max(3)
 }
 
 struct WantOwned {
@@ -778,7 +786,11 @@ impl SecretRef {
         let wanted_sans = sans_key(want.dns_names, want.ip_addresses);
         // Each lost race means another replica wrote; a handful of rounds always ends.
         for _ in 0..5 {
-            let existing = self.api.get_opt(&self.name).await.map_err(self.kube("read"))?;
+            let existing = self
+                .api
+                .get_opt(&self.name)
+                .await
+                .map_err(self.kube("read"))?;
             let Some(existing) = existing else {
                 let material = fresh(now, want)?;
                 let secret = material.to_secret(&self.namespace, &self.name);
@@ -822,7 +834,11 @@ impl SecretRef {
             let Some(next) = next else { continue };
             let mut secret = next.to_secret(&self.namespace, &self.name);
             secret.metadata.resource_version = existing.metadata.resource_version.clone();
-            match self.api.replace(&self.name, &PostParams::default(), &secret).await {
+            match self
+                .api
+                .replace(&self.name, &PostParams::default(), &secret)
+                .await
+            {
                 Ok(_) => {
                     info!(secret = %self.place(), ?rotation, not_after = %rfc3339(next.serving.not_after), ca_not_after = %rfc3339(next.ca.not_after), "rotated the webhook certificate");
                     let until = keep_until(&next, &wanted_sans, now);
@@ -922,7 +938,11 @@ async fn rotate_secret(
                 failures = 0;
                 until = next_until;
                 if next.tls_crt != material.tls_crt || next.tls_key != material.tls_key {
-                    match certified_key(next.tls_crt.as_bytes(), next.tls_key.as_bytes(), &secret.place()) {
+                    match certified_key(
+                        next.tls_crt.as_bytes(),
+                        next.tls_key.as_bytes(),
+                        &secret.place(),
+                    ) {
                         Ok(key) => {
                             resolver.set(key);
                             info!(secret = %secret.place(), not_after = %rfc3339(next.serving.not_after), "serving the renewed webhook certificate");
@@ -942,7 +962,10 @@ async fn rotate_secret(
             }
             Err(e) => {
                 failures += 1;
-                warn!(category = e.category(), "webhook certificate check failed (retrying): {e}");
+                warn!(
+                    category = e.category(),
+                    "webhook certificate check failed (retrying): {e}"
+                );
             }
         }
     }
@@ -1057,8 +1080,20 @@ mod tests {
     #[test]
     fn fresh_material_is_kept_until_the_serving_renewal() {
         let m = material(1000);
-        assert_eq!(m.serving, Lifetime { issued_at: 1000, not_after: 1300 });
-        assert_eq!(m.ca, Lifetime { issued_at: 1000, not_after: 1000 + 1200 });
+        assert_eq!(
+            m.serving,
+            Lifetime {
+                issued_at: 1000,
+                not_after: 1300
+            }
+        );
+        assert_eq!(
+            m.ca,
+            Lifetime {
+                issued_at: 1000,
+                not_after: 1000 + 1200
+            }
+        );
         let sans = sans_key(&want().dns_names, &want().ip_addresses);
         assert_eq!(decide(&m, &sans, 1000), Rotation::Keep { until: 1200 });
         assert_eq!(decide(&m, &sans, 1199), Rotation::Keep { until: 1200 });
@@ -1091,9 +1126,21 @@ mod tests {
         assert_eq!(blocks[1], pem_blocks(&m.ca_bundle)[0], "old CA second");
         assert_ne!(rotated.ca_key, m.ca_key);
         assert_eq!(rotated.previous_ca_not_after, Some(m.ca.not_after));
-        assert_eq!(rotated.ca, Lifetime { issued_at: 1800, not_after: 3000 });
+        assert_eq!(
+            rotated.ca,
+            Lifetime {
+                issued_at: 1800,
+                not_after: 3000
+            }
+        );
         // Issued by the old CA, capped at its expiry (1800 + 300 < 2200: not capped).
-        assert_eq!(rotated.serving, Lifetime { issued_at: 1800, not_after: 2100 });
+        assert_eq!(
+            rotated.serving,
+            Lifetime {
+                issued_at: 1800,
+                not_after: 2100
+            }
+        );
         assert_eq!(
             verify(&rotated.tls_crt, &blocks[1..]),
             Ok(()),
@@ -1101,12 +1148,18 @@ mod tests {
         );
         // Next: the serving renewal from the new CA, then the old CA's drop.
         let sans = rotated.sans.clone();
-        assert_eq!(decide(&rotated, &sans, 1801), Rotation::Keep { until: 2000 });
+        assert_eq!(
+            decide(&rotated, &sans, 1801),
+            Rotation::Keep { until: 2000 }
+        );
         let renewed = rotate(&rotated, Rotation::RenewServing, 2000, &want.borrow())
             .expect("renew")
             .expect("changed");
         assert_eq!(verify(&renewed.tls_crt, &blocks[..1]), Ok(()));
-        assert_eq!(decide(&renewed, &sans, 2001), Rotation::Keep { until: 2200 });
+        assert_eq!(
+            decide(&renewed, &sans, 2001),
+            Rotation::Keep { until: 2200 }
+        );
         // Both due at 2200: the serving renewal goes first, the drop right after.
         assert_eq!(decide(&renewed, &sans, 2200), Rotation::RenewServing);
         let renewed = rotate(&renewed, Rotation::RenewServing, 2200, &want.borrow())
@@ -1184,7 +1237,10 @@ mod tests {
         assert_eq!(next_wait(100, 100_000, 300), Duration::from_millis(100));
         assert_eq!(next_wait(110, 100_500, 300), Duration::from_millis(9_500));
         assert_eq!(next_wait(10_000, 100_000, 300), Duration::from_secs(30));
-        assert_eq!(next_wait(10_000_000, 100_000, 365 * 24 * 3600), Duration::from_secs(600));
+        assert_eq!(
+            next_wait(10_000_000, 100_000, 365 * 24 * 3600),
+            Duration::from_secs(600)
+        );
     }
 
     /// Verifies a leaf against CA PEM blocks with webpki, as a TLS client would.
@@ -1198,8 +1254,10 @@ mod tests {
         let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
             .build()
             .map_err(|e| e.to_string())?;
-        let leaf = CertificateDer::from_pem_slice(leaf_pem.as_bytes()).map_err(|e| e.to_string())?;
-        let name = rustls::pki_types::ServerName::try_from("svc.ns.svc").map_err(|e| e.to_string())?;
+        let leaf =
+            CertificateDer::from_pem_slice(leaf_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let name =
+            rustls::pki_types::ServerName::try_from("svc.ns.svc").map_err(|e| e.to_string())?;
         // Inside the serving certificate's validity (issued at 1800 or 2000).
         let at = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(2050));
         use rustls::client::danger::ServerCertVerifier;

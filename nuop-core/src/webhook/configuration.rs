@@ -114,7 +114,10 @@ pub fn field_manager(identity: &str) -> String {
 /// The ownership labels of an identity's configurations.
 pub fn labels(identity: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (MANAGED_BY_LABEL.0.to_string(), MANAGED_BY_LABEL.1.to_string()),
+        (
+            MANAGED_BY_LABEL.0.to_string(),
+            MANAGED_BY_LABEL.1.to_string(),
+        ),
         (IDENTITY_LABEL.to_string(), label_value(identity)),
     ])
 }
@@ -148,7 +151,11 @@ pub fn webhook_name(hook: &Hook) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let label = label.trim_matches('-');
-    let label = if label.is_empty() { "controller" } else { label };
+    let label = if label.is_empty() {
+        "controller"
+    } else {
+        label
+    };
     let phase = match hook.kind {
         HookKind::Validate => "validate",
         HookKind::Mutate => "mutate",
@@ -157,7 +164,11 @@ pub fn webhook_name(hook: &Hook) -> String {
 }
 
 /// The admission client config for `path` at `endpoint`.
-pub fn client_config(endpoint: &Endpoint, path: &str, ca_bundle: Option<&[u8]>) -> WebhookClientConfig {
+pub fn client_config(
+    endpoint: &Endpoint,
+    path: &str,
+    ca_bundle: Option<&[u8]>,
+) -> WebhookClientConfig {
     let ca_bundle = ca_bundle.map(|b| ByteString(b.to_vec()));
     match endpoint {
         Endpoint::Url(base) => WebhookClientConfig {
@@ -255,7 +266,11 @@ pub fn mutating_configuration(
 
 /// The server-side apply body setting `spec.conversion` of `conversion.crd` to call
 /// the server (only that stanza: everything else in the CRD stays its owner's).
-pub fn conversion_patch(conversion: &Conversion, endpoint: &Endpoint, ca_bundle: Option<&[u8]>) -> Value {
+pub fn conversion_patch(
+    conversion: &Conversion,
+    endpoint: &Endpoint,
+    ca_bundle: Option<&[u8]>,
+) -> Value {
     let client = client_config(endpoint, &conversion.path, ca_bundle);
     // The admission and apiextensions client configs have the same JSON shape.
     let client = serde_json::to_value(client).unwrap_or(Value::Null);
@@ -440,7 +455,10 @@ impl Registrar {
         loop {
             let (current_hooks, conversions) = hooks.borrow_and_update().clone();
             let bundle = ca_bundle.borrow_and_update().clone();
-            let wait = match self.apply(&current_hooks, &conversions, bundle.as_deref()).await {
+            let wait = match self
+                .apply(&current_hooks, &conversions, bundle.as_deref())
+                .await
+            {
                 Ok(()) => {
                     failures = 0;
                     RESYNC
@@ -462,9 +480,18 @@ impl Registrar {
     }
 }
 
-async fn apply_one<K>(api: &Api<K>, name: &str, object: &K, params: &PatchParams) -> Result<(), RegistrarError>
+async fn apply_one<K>(
+    api: &Api<K>,
+    name: &str,
+    object: &K,
+    params: &PatchParams,
+) -> Result<(), RegistrarError>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
     api.patch(name, params, &Patch::Apply(object))
         .await
@@ -532,7 +559,10 @@ mod tests {
 
     #[test]
     fn validating_configuration_has_the_safe_fixed_fields() {
-        let hooks = [hook("policy", HookKind::Validate), hook("defaults", HookKind::Mutate)];
+        let hooks = [
+            hook("policy", HookKind::Validate),
+            hook("defaults", HookKind::Mutate),
+        ];
         let config = validating_configuration("ops-x", &hooks, &service(), Some(b"PEM"))
             .expect("one validate hook");
         assert_eq!(config.metadata.name.as_deref(), Some("nuop-ops-x"));
@@ -574,7 +604,10 @@ mod tests {
         let w = &config.webhooks.expect("webhooks")[0];
         assert_eq!(w.name, "defaults.mutate.nuop.dev");
         assert_eq!(w.reinvocation_policy.as_deref(), Some("Never"));
-        assert_eq!(w.client_config.url.as_deref(), Some("https://127.0.0.1:9443/mutate/defaults"));
+        assert_eq!(
+            w.client_config.url.as_deref(),
+            Some("https://127.0.0.1:9443/mutate/defaults")
+        );
         assert_eq!(w.client_config.ca_bundle, None);
         assert!(validating_configuration("std", &hooks, &endpoint, None).is_none());
         assert!(mutating_configuration("std", &[], &endpoint, None).is_none());
@@ -586,7 +619,10 @@ mod tests {
             webhook_name(&hook("Config_Replicator", HookKind::Validate)),
             "config-replicator.validate.nuop.dev"
         );
-        assert_eq!(webhook_name(&hook("__", HookKind::Mutate)), "controller.mutate.nuop.dev");
+        assert_eq!(
+            webhook_name(&hook("__", HookKind::Mutate)),
+            "controller.mutate.nuop.dev"
+        );
     }
 
     #[test]
@@ -603,16 +639,29 @@ mod tests {
             crd: "widgets.example.com".into(),
             path: "/convert/widget".into(),
         };
-        let body = conversion_patch(&conversion, &Endpoint::Url("https://127.0.0.1:1".into()), Some(b"CA"));
+        let body = conversion_patch(
+            &conversion,
+            &Endpoint::Url("https://127.0.0.1:1".into()),
+            Some(b"CA"),
+        );
         assert_eq!(body["metadata"], json!({"name": "widgets.example.com"}));
         assert_eq!(body["spec"].as_object().map(|o| o.len()), Some(1));
         let conversion = &body["spec"]["conversion"];
         assert_eq!(conversion["strategy"], "Webhook");
-        assert_eq!(conversion["webhook"]["conversionReviewVersions"], json!(["v1"]));
-        assert_eq!(conversion["webhook"]["clientConfig"]["url"], "https://127.0.0.1:1/convert/widget");
+        assert_eq!(
+            conversion["webhook"]["conversionReviewVersions"],
+            json!(["v1"])
+        );
+        assert_eq!(
+            conversion["webhook"]["clientConfig"]["url"],
+            "https://127.0.0.1:1/convert/widget"
+        );
         // base64 of "CA"
         assert_eq!(conversion["webhook"]["clientConfig"]["caBundle"], "Q0E=");
-        assert_eq!(release_patch("w.example.com")["metadata"]["name"], "w.example.com");
+        assert_eq!(
+            release_patch("w.example.com")["metadata"]["name"],
+            "w.example.com"
+        );
         assert!(release_patch("w.example.com").get("spec").is_none());
     }
 
@@ -635,8 +684,16 @@ mod tests {
         let labels = selector.match_labels.expect("labels");
         assert_eq!(labels[NAMESPACE_NAME_LABEL], "tenant");
         assert_eq!(labels["team"], "a", "other terms only narrow further");
-        assert_eq!(selector.match_expressions, h.namespace_selector.and_then(|s| s.match_expressions));
-        assert!(confined.rules.iter().all(|r| r.scope.as_deref() == Some("Namespaced")));
+        assert_eq!(
+            selector.match_expressions,
+            h.namespace_selector.and_then(|s| s.match_expressions)
+        );
+        assert!(
+            confined
+                .rules
+                .iter()
+                .all(|r| r.scope.as_deref() == Some("Namespaced"))
+        );
 
         let bare = confine(hook("policy", HookKind::Mutate), "t2");
         assert_eq!(
