@@ -19,6 +19,7 @@
 //!   shutdown around a binary's controllers.
 //! - [`shutdown`]: the cloneable shutdown future every long-running part awaits.
 //! - [`telemetry`]: logs, OTLP traces and the termination signal.
+//! - [`webhook`]: admission and conversion webhooks (certificates, configurations).
 //! - [`init`]: reaping orphans when a binary runs as PID 1.
 //! - [`devtools`]: `check` and `exec` for script authors.
 //! - [`harness`]: `nuop-standard test`, script test cases run without a cluster.
@@ -47,6 +48,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod triggers;
+pub mod webhook;
 
 /// Installs aws-lc-rs as rustls' process-wide provider (idempotent).
 ///
