@@ -216,15 +216,25 @@ mod tests {
             .expect("a signer");
         assert_eq!(plain.principals, None);
         assert!(plain.allows_namespace("git"));
-        assert!(plain.fingerprint().starts_with("SHA256:"), "{}", plain.fingerprint());
+        assert!(
+            plain.fingerprint().starts_with("SHA256:"),
+            "{}",
+            plain.fingerprint()
+        );
 
         let full = parse_line(&format!(
             "alice@example.com,bob@example.com namespaces=\"git,file\" ssh-ed25519 {KEY} a comment"
         ))
         .expect("parses")
         .expect("a signer");
-        assert_eq!(full.principals.as_deref(), Some("alice@example.com,bob@example.com"));
-        assert_eq!(full.namespaces, Some(vec!["git".to_string(), "file".to_string()]));
+        assert_eq!(
+            full.principals.as_deref(),
+            Some("alice@example.com,bob@example.com")
+        );
+        assert_eq!(
+            full.namespaces,
+            Some(vec!["git".to_string(), "file".to_string()])
+        );
         assert_eq!(full.key, plain.key);
 
         let other = parse_line(&format!("alice namespaces=\"file\" ssh-ed25519 {KEY}"))
@@ -243,10 +253,22 @@ mod tests {
             ("ssh-ed25519", "has no base64 data"),
             ("ssh-ed25519 AAAAnotakey", "does not decode"),
             (&format!("ssh-dss {KEY}"), "ssh-dss is not supported"),
-            (&format!("alice valid-after=\"20260101\" ssh-ed25519 {KEY}"), "`valid-after` is not supported"),
-            (&format!("alice cert-authority ssh-ed25519 {KEY}"), "`cert-authority` is not supported"),
-            (&format!("alice frobnicate ssh-ed25519 {KEY}"), "unknown option `frobnicate`"),
-            (&format!("a b c ssh-ed25519 {KEY}"), "at most principals and options"),
+            (
+                &format!("alice valid-after=\"20260101\" ssh-ed25519 {KEY}"),
+                "`valid-after` is not supported",
+            ),
+            (
+                &format!("alice cert-authority ssh-ed25519 {KEY}"),
+                "`cert-authority` is not supported",
+            ),
+            (
+                &format!("alice frobnicate ssh-ed25519 {KEY}"),
+                "unknown option `frobnicate`",
+            ),
+            (
+                &format!("a b c ssh-ed25519 {KEY}"),
+                "at most principals and options",
+            ),
         ];
         for (line, expected) in cases {
             let err = parse_line(line).expect_err(line);
@@ -259,9 +281,14 @@ mod tests {
         let text = format!("# team keys\nssh-ed25519 {KEY} a\n\nnot a key\n");
         let err = parse_file(&text).expect_err("line 4 is bad");
         assert_eq!(err.line, 4);
-        assert!(err.to_string().starts_with("line 4: no public key"), "{err}");
-        let ok = parse_file(&format!("ssh-ed25519 {KEY} a\n# x\nbob ssh-ed25519 {KEY}\n"))
-            .expect("parses");
+        assert!(
+            err.to_string().starts_with("line 4: no public key"),
+            "{err}"
+        );
+        let ok = parse_file(&format!(
+            "ssh-ed25519 {KEY} a\n# x\nbob ssh-ed25519 {KEY}\n"
+        ))
+        .expect("parses");
         assert_eq!(ok.len(), 2);
     }
 }

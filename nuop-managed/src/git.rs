@@ -339,7 +339,9 @@ fn annotated_tag(
         if object.kind != gix::object::Kind::Tag {
             return Ok(None);
         }
-        let name = candidate.strip_prefix(refs::TAG_PREFIX).unwrap_or(&candidate);
+        let name = candidate
+            .strip_prefix(refs::TAG_PREFIX)
+            .unwrap_or(&candidate);
         let describe = format!("tag {name} ({named})");
         return Ok(Some(match gix::objs::TagRefIter::signature(&object.data) {
             Some((signature, signed)) => SignedObject {

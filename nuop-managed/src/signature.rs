@@ -91,7 +91,11 @@ pub fn verify(object: &SignedObject, allowed: &[AllowedSigner]) -> Decision {
     }
     let signature = match ssh_key::SshSig::from_pem(armored) {
         Ok(signature) => signature,
-        Err(e) => return reject(format!("{what} has an SSH signature that does not decode: {e}")),
+        Err(e) => {
+            return reject(format!(
+                "{what} has an SSH signature that does not decode: {e}"
+            ));
+        }
     };
     let key = fingerprint(signature.public_key());
     if signature.namespace() != GIT_NAMESPACE {
@@ -105,14 +109,19 @@ pub fn verify(object: &SignedObject, allowed: &[AllowedSigner]) -> Decision {
         .filter(|s| s.key.key_data() == signature.public_key())
         .peekable();
     if same_key.peek().is_none() {
-        return reject(format!("{what} is signed by {key}, which is not an allowed signer"));
+        return reject(format!(
+            "{what} is signed by {key}, which is not an allowed signer"
+        ));
     }
     let Some(signer) = same_key.find(|s| s.allows_namespace(GIT_NAMESPACE)) else {
         return reject(format!(
             "{what} is signed by {key}, which is allowed only for other namespaces than `{GIT_NAMESPACE}`"
         ));
     };
-    match signer.key.verify(GIT_NAMESPACE, &object.payload, &signature) {
+    match signer
+        .key
+        .verify(GIT_NAMESPACE, &object.payload, &signature)
+    {
         Ok(()) => Decision::Verified {
             fingerprint: key,
             signed: what.clone(),
@@ -167,7 +176,10 @@ mod tests {
     fn an_allowed_key_verifies_and_names_its_fingerprint() {
         let a = signer(fixture!("a.pub"));
         let allowed = [signer(fixture!("b.pub")), a.clone()];
-        let decision = verify(&object(Some(fixture!("a.sig")), fixture!("payload")), &allowed);
+        let decision = verify(
+            &object(Some(fixture!("a.sig")), fixture!("payload")),
+            &allowed,
+        );
         assert_eq!(
             decision,
             Decision::Verified {
@@ -185,7 +197,10 @@ mod tests {
             (fixture!("ecdsa.pub"), fixture!("ecdsa.sig")),
         ] {
             let decision = verify(&object(Some(sig), fixture!("payload")), &[signer(key)]);
-            assert!(matches!(decision, Decision::Verified { .. }), "{key}: {decision:?}");
+            assert!(
+                matches!(decision, Decision::Verified { .. }),
+                "{key}: {decision:?}"
+            );
         }
     }
 
@@ -198,29 +213,62 @@ mod tests {
         let reason = rejected(verify(&object(None, payload), std::slice::from_ref(&a)));
         assert_eq!(reason, "commit c0ffee is unsigned");
 
-        let reason = rejected(verify(&object(Some(fixture!("a.sig")), payload), std::slice::from_ref(&b)));
+        let reason = rejected(verify(
+            &object(Some(fixture!("a.sig")), payload),
+            std::slice::from_ref(&b),
+        ));
         assert_eq!(
             reason,
-            format!("commit c0ffee is signed by {}, which is not an allowed signer", a.fingerprint())
+            format!(
+                "commit c0ffee is signed by {}, which is not an allowed signer",
+                a.fingerprint()
+            )
         );
 
         let tampered = payload.replace("signed", "changed");
-        let reason = rejected(verify(&object(Some(fixture!("a.sig")), &tampered), std::slice::from_ref(&a)));
-        assert!(reason.contains(&a.fingerprint()) && reason.contains("does not verify"), "{reason}");
+        let reason = rejected(verify(
+            &object(Some(fixture!("a.sig")), &tampered),
+            std::slice::from_ref(&a),
+        ));
+        assert!(
+            reason.contains(&a.fingerprint()) && reason.contains("does not verify"),
+            "{reason}"
+        );
 
-        let reason = rejected(verify(&object(Some(fixture!("a-file.sig")), payload), std::slice::from_ref(&a)));
-        assert!(reason.contains("in namespace `file`, not `git`"), "{reason}");
+        let reason = rejected(verify(
+            &object(Some(fixture!("a-file.sig")), payload),
+            std::slice::from_ref(&a),
+        ));
+        assert!(
+            reason.contains("in namespace `file`, not `git`"),
+            "{reason}"
+        );
 
         let limited = signer(&format!("a namespaces=\"file\" {}", fixture!("a.pub")));
-        let reason = rejected(verify(&object(Some(fixture!("a.sig")), payload), &[limited]));
-        assert!(reason.contains("allowed only for other namespaces"), "{reason}");
+        let reason = rejected(verify(
+            &object(Some(fixture!("a.sig")), payload),
+            &[limited],
+        ));
+        assert!(
+            reason.contains("allowed only for other namespaces"),
+            "{reason}"
+        );
 
         let pgp = "-----BEGIN PGP SIGNATURE-----\n\niQEz\n-----END PGP SIGNATURE-----\n";
-        let reason = rejected(verify(&object(Some(pgp), payload), std::slice::from_ref(&a)));
-        assert!(reason.contains("an OpenPGP signature; only SSH"), "{reason}");
+        let reason = rejected(verify(
+            &object(Some(pgp), payload),
+            std::slice::from_ref(&a),
+        ));
+        assert!(
+            reason.contains("an OpenPGP signature; only SSH"),
+            "{reason}"
+        );
 
         let garbled = "-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n";
-        let reason = rejected(verify(&object(Some(garbled), payload), std::slice::from_ref(&a)));
+        let reason = rejected(verify(
+            &object(Some(garbled), payload),
+            std::slice::from_ref(&a),
+        ));
         assert!(reason.contains("does not decode"), "{reason}");
 
         let reason = rejected(verify(&object(Some(fixture!("a.sig")), payload), &[]));
@@ -253,13 +301,17 @@ mod tests {
             commit: object(Some(fixture!("a.sig")), payload),
             tag: Some(tag(Some(fixture!("a.sig")), "changed")),
         };
-        assert!(rejected(decide(&bad_tag, allowed)).starts_with("tag v1 (7a9) carries a signature"));
+        assert!(
+            rejected(decide(&bad_tag, allowed)).starts_with("tag v1 (7a9) carries a signature")
+        );
         // An unsigned tag leaves it to the commit.
         let unsigned_tag = Material {
             commit: object(Some(fixture!("a.sig")), payload),
             tag: Some(tag(None, "x")),
         };
-        assert!(matches!(decide(&unsigned_tag, allowed), Decision::Verified { signed, .. } if signed == "commit c0ffee"));
+        assert!(
+            matches!(decide(&unsigned_tag, allowed), Decision::Verified { signed, .. } if signed == "commit c0ffee")
+        );
         let neither = Material {
             commit: object(None, payload),
             tag: Some(tag(None, "x")),
@@ -272,6 +324,9 @@ mod tests {
             commit: object(None, payload),
             tag: None,
         };
-        assert_eq!(rejected(decide(&branch, allowed)), "commit c0ffee is unsigned");
+        assert_eq!(
+            rejected(decide(&branch, allowed)),
+            "commit c0ffee is unsigned"
+        );
     }
 }

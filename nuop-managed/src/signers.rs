@@ -5,7 +5,7 @@
 //! The ConfigMap is read each time a new commit is to be verified, so adding or
 //! removing a key applies at the next sync without a restart, and a commit rejected for
 //! an unknown key is accepted once its key is added (test
-//! `keys_rotate_through_the_config_map_without_a_gap` in `tests/signed.rs`). Keys are
+//! `keys_rotate_through_the_config_map_without_a_gap` in `tests/managed.rs`). Keys are
 //! public: a ConfigMap, never a Secret.
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -38,20 +38,25 @@ impl SignerReader {
         if let Some(reference) = &ssh.allowed_signers_config_map {
             let what = format!("key `{}` of ConfigMap `{}`", reference.key, reference.name);
             let Some((client, namespace)) = &self.api else {
-                return Err(format!("cannot read the allowed signers in {what}: no API access"));
+                return Err(format!(
+                    "cannot read the allowed signers in {what}: no API access"
+                ));
             };
             let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
                 .get(&reference.name)
                 .await
                 .map_err(|e| {
-                    format!("cannot read the allowed signers in {what} (namespace {namespace}): {e}")
+                    format!(
+                        "cannot read the allowed signers in {what} (namespace {namespace}): {e}"
+                    )
                 })?;
             let text = config_map
                 .data
                 .as_ref()
                 .and_then(|d| d.get(&reference.key))
                 .ok_or_else(|| format!("the allowed signers' {what} does not exist"))?;
-            allowed.extend(parse_file(text).map_err(|e| format!("allowed signers in {what}: {e}"))?);
+            allowed
+                .extend(parse_file(text).map_err(|e| format!("allowed signers in {what}: {e}"))?);
         }
         if allowed.is_empty() {
             return Err(
@@ -80,8 +85,14 @@ mod tests {
             .allowed(&ssh(&[KEY, "alice nonsense"]))
             .await
             .expect_err("bad entry");
-        assert!(err.starts_with("verify.ssh.allowedSigners[1]: line 1: no public key"), "{err}");
-        let err = reader.allowed(&ssh(&["# only a comment"])).await.expect_err("empty");
+        assert!(
+            err.starts_with("verify.ssh.allowedSigners[1]: line 1: no public key"),
+            "{err}"
+        );
+        let err = reader
+            .allowed(&ssh(&["# only a comment"]))
+            .await
+            .expect_err("empty");
         assert!(err.contains("no allowed signer"), "{err}");
         let from_map = SshVerify {
             allowed_signers: Vec::new(),
@@ -91,6 +102,9 @@ mod tests {
             }),
         };
         let err = reader.allowed(&from_map).await.expect_err("no API");
-        assert!(err.contains("key `allowed_signers` of ConfigMap `signers`"), "{err}");
+        assert!(
+            err.contains("key `allowed_signers` of ConfigMap `signers`"),
+            "{err}"
+        );
     }
 }

@@ -181,7 +181,8 @@ impl SourceTask {
                 return ("failure", self.failed(error, None));
             }
             Err(Unverified::Rejected(reason)) => {
-                let reason = format!("revision {commit} rejected, keeping the last good one: {reason}");
+                let reason =
+                    format!("revision {commit} rejected, keeping the last good one: {reason}");
                 // Checked again at every sync (the keys may change): logged once.
                 if state.signature_rejected.as_ref() != Some(&reason) {
                     warn!(source = %self.location, "{reason}");

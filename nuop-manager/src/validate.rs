@@ -372,9 +372,11 @@ mod tests {
         let from_map = operator()
             .with_source(Source::new("https://h/r.git").signed_by_config_map("signers", "keys"));
         assert_eq!(validate(&from_map), []);
-        let bad = operator().with_source(
-            Source::new("https://h/r.git").signed_by([key, "alice ssh-dss AAAA", "# none"]),
-        );
+        let bad = operator().with_source(Source::new("https://h/r.git").signed_by([
+            key,
+            "alice ssh-dss AAAA",
+            "# none",
+        ]));
         let problems = validate(&bad);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].reason(), "InvalidAllowedSigners");

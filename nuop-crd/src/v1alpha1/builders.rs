@@ -180,7 +180,10 @@ impl Source {
 impl Source {
     /// Requires SSH signatures by one of `allowed_signers` (allowed-signers lines).
     #[must_use]
-    pub fn signed_by<S: Into<String>>(mut self, allowed_signers: impl IntoIterator<Item = S>) -> Self {
+    pub fn signed_by<S: Into<String>>(
+        mut self,
+        allowed_signers: impl IntoIterator<Item = S>,
+    ) -> Self {
         self.ssh_verify().allowed_signers = allowed_signers.into_iter().map(Into::into).collect();
         self
     }
