@@ -16,13 +16,15 @@
 //! the crate root. [`managed`] is the file the manager hands to each `nuop-managed`
 //! Deployment. [`install`] (the one module that does I/O) applies the CRD to a cluster
 //! and waits until it is served. [`location`] parses a source's location (shared by the
-//! manager's validation and the managed pods' fetches) and [`fnv`] is the stable digest
-//! both use; both are pure.
+//! manager's validation and the managed pods' fetches), [`signers`] parses the allowed
+//! signers of a signed source (shared the same way), and [`fnv`] is the stable digest
+//! both use; all three are pure.
 
 pub mod fnv;
 pub mod install;
 pub mod location;
 pub mod managed;
+pub mod signers;
 pub mod v1alpha1;
 
 pub use managed::{MANAGED_CONFIG_KEY, ManagedConfig, OperatorRef};

@@ -1,5 +1,5 @@
-//! Fetching a source with gix and checking a revision out. Does I/O (blocking: call
-//! from `spawn_blocking`).
+//! Fetching a source with gix, reading what signs a revision, and checking it out.
+//! Does I/O (blocking: call from `spawn_blocking`).
 //!
 //! Each source has a bare cache repository. [`fetch`] updates it from the remote and
 //! resolves the source's ref to a commit; [`checkout`] writes that commit's tree (or
@@ -22,6 +22,7 @@ use gix::remote::Direction;
 use crate::credentials::Credentials;
 use crate::location::Location;
 use crate::refs;
+use crate::signature::{Material, SignedObject};
 
 /// A git operation that failed, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -281,6 +282,81 @@ fn resolve(repo: &gix::Repository, git_ref: Option<&str>) -> Result<String, GitE
         },
         missing_dir: false,
     })
+}
+
+/// The signatures that vouch for `commit` (what [`fetch`] resolved `git_ref` to) in
+/// the cache repository at `cache`: the commit's own `gpgsig` header and the commit
+/// without it, and, when the ref names an annotated tag, the tag's trailing signature
+/// and the tag without it ([`crate::signature`] decides which counts).
+///
+/// # Errors
+/// [`GitError`] when the objects cannot be read (then nothing is decided).
+pub fn signed_material(
+    cache: &Path,
+    git_ref: Option<&str>,
+    commit: &str,
+) -> Result<Material, GitError> {
+    let operation = format!("reading the signature of {commit}");
+    let repo = gix::open(cache).map_err(failed(&operation))?;
+    let id = gix::ObjectId::from_hex(commit.as_bytes()).map_err(failed(&operation))?;
+    let object = repo.find_commit(id).map_err(failed(&operation))?;
+    let commit_material = match gix::objs::CommitRefIter::signature(&object.data, id.kind())
+        .map_err(failed(&operation))?
+    {
+        Some((signature, signed)) => SignedObject {
+            describe: format!("commit {commit}"),
+            signature: Some(signature.to_vec()),
+            payload: signed.to_bstring().into(),
+        },
+        None => SignedObject {
+            describe: format!("commit {commit}"),
+            signature: None,
+            payload: object.data.clone(),
+        },
+    };
+    Ok(Material {
+        commit: commit_material,
+        tag: annotated_tag(&repo, git_ref, id).map_err(failed(&operation))?,
+    })
+}
+
+/// The annotated tag `git_ref` names, when the first candidate that resolves to
+/// `commit` (as [`resolve`] picks it) is a tag object.
+fn annotated_tag(
+    repo: &gix::Repository,
+    git_ref: Option<&str>,
+    commit: gix::ObjectId,
+) -> Result<Option<SignedObject>, Box<dyn std::error::Error + Send + Sync>> {
+    for candidate in refs::candidates(git_ref) {
+        let Ok(peeled) = repo.rev_parse_single(format!("{candidate}^{{commit}}").as_str()) else {
+            continue;
+        };
+        if peeled.detach() != commit {
+            continue;
+        }
+        let named = repo.rev_parse_single(candidate.as_str())?;
+        let object = repo.find_object(named)?;
+        if object.kind != gix::object::Kind::Tag {
+            return Ok(None);
+        }
+        let name = candidate
+            .strip_prefix(refs::TAG_PREFIX)
+            .unwrap_or(&candidate);
+        let describe = format!("tag {name} ({named})");
+        return Ok(Some(match gix::objs::TagRefIter::signature(&object.data) {
+            Some((signature, signed)) => SignedObject {
+                describe,
+                signature: Some(signature.data.to_vec()),
+                payload: signed.to_bstring().into(),
+            },
+            None => SignedObject {
+                describe,
+                signature: None,
+                payload: object.data.clone(),
+            },
+        }));
+    }
+    Ok(None)
 }
 
 /// Writes the tree of `commit` (only its `dir` subtree, when given) from the cache

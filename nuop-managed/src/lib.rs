@@ -7,7 +7,9 @@
 //! - [`backoff`]: when to fetch next after failures (pure).
 //! - [`plan`]: mappings × scripts → controllers, and what changed (pure).
 //! - [`credentials`]: Secret values for a source, never printed.
-//! - [`git`]: fetching and checking out with gix (blocking I/O).
+//! - [`git`]: fetching, reading signatures and checking out with gix (blocking I/O).
+//! - [`signature`]: whether a revision is signed by an allowed key (pure).
+//! - [`signers`]: a signed source's allowed signers, inline and from a ConfigMap.
 //! - [`revision`]: loading a checkout's scripts, all or nothing.
 //! - [`sync`]: one task per source, fetching on an interval.
 //! - [`supervisor`]: starts, restarts and stops controllers as revisions arrive.
@@ -23,6 +25,8 @@ pub mod mode;
 pub mod plan;
 pub mod refs;
 pub mod revision;
+pub mod signature;
+pub mod signers;
 pub mod status;
 pub mod supervisor;
 pub mod sync;
@@ -40,6 +44,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info};
 
 use crate::credentials::SecretReader;
+use crate::signers::SignerReader;
 use crate::status::StatusWriter;
 use crate::supervisor::{SourceState, Supervisor};
 use crate::sync::SourceTask;
@@ -90,9 +95,11 @@ pub async fn run(
     let namespace = Some(settings.config.nu_operator.namespace.clone())
         .filter(|n| !n.is_empty())
         .or_else(|| std::env::var("POD_NAMESPACE").ok());
+    let api = namespace.map(|n| (client.clone(), n));
+    let signers = SignerReader { api: api.clone() };
     let secrets = SecretReader {
         dir: settings.secrets_dir.clone(),
-        api: namespace.map(|n| (client.clone(), n)),
+        api,
     };
     let (reports, mut received) = mpsc::channel(16);
     let mut states = Vec::new();
@@ -117,6 +124,8 @@ pub async fn run(
                     location,
                     credentials: source.credentials.clone(),
                     secrets: secrets.clone(),
+                    verify: source.verify.clone(),
+                    signers: signers.clone(),
                     cache,
                     interval: settings.sync_interval,
                     fetch_timeout: settings.fetch_timeout,

@@ -54,6 +54,9 @@ pub struct Revision {
     pub root: PathBuf,
     /// Its scripts by config name.
     pub scripts: BTreeMap<String, LoadedScript>,
+    /// The fingerprint of the key whose signature let it run, for a source that
+    /// requires signatures ([`crate::signature`]).
+    pub signed_by: Option<String>,
 }
 
 /// Why a revision did not load.
@@ -200,6 +203,7 @@ pub async fn load(
         commit: commit.to_string(),
         root: root.to_path_buf(),
         scripts,
+        signed_by: None,
     })
 }
 

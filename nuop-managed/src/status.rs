@@ -37,6 +37,7 @@ pub fn desired(
             revision: s.good.as_ref().map(|g| g.commit.clone()),
             last_sync_time: s.last_sync.and_then(time),
             last_error: s.last_error.clone(),
+            signed_by: s.good.as_ref().and_then(|g| g.signed_by.clone()),
         })
         .collect();
     let mut seen = HashSet::new();

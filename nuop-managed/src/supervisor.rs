@@ -420,6 +420,7 @@ mod tests {
             commit: commit.to_string(),
             root: root.to_path_buf(),
             scripts: BTreeMap::new(),
+            signed_by: None,
         })
     }
 

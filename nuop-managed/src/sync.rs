@@ -1,8 +1,11 @@
 //! One task per source: fetch on an interval, check out and load each new revision,
 //! and report to the supervisor. Does I/O.
 //!
-//! A fetch that fails (unreachable server, refused credentials, unknown ref) and a
-//! revision whose scripts do not load are both reported and counted in
+//! A fetch that fails (unreachable server, refused credentials, unknown ref), a
+//! commit of a signed source that is not signed by an allowed key ([`crate::signature`],
+//! checked before anything is checked out, and again at every sync while it is the
+//! ref's commit, since the allowed signers may change), and a
+//! revision whose scripts do not load are all reported and counted in
 //! `nuop_source_syncs_total{result="failure"|"rejected"}` (the running revision is
 //! `nuop_source_revision_info`); the last good revision keeps running. Failed fetches
 //! back off ([`crate::backoff`]). A commit whose scripts fail for a reason of its own
@@ -33,6 +36,8 @@ use crate::credentials::SecretReader;
 use crate::git;
 use crate::location::Location;
 use crate::revision::{self, LoadFailure, Revision};
+use crate::signature::{self, Decision};
+use crate::signers::SignerReader;
 
 /// What a source task tells the supervisor.
 pub enum Report {
@@ -69,6 +74,10 @@ pub struct SourceTask {
     pub credentials: Option<nuop_crd::Credentials>,
     /// Where Secret values come from.
     pub secrets: SecretReader,
+    /// The signatures its commits need, if any.
+    pub verify: Option<nuop_crd::Verify>,
+    /// Where allowed signers come from.
+    pub signers: SignerReader,
     /// This source's cache directory (bare repository and checkouts).
     pub cache: PathBuf,
     /// Time between fetches.
@@ -162,10 +171,31 @@ impl SourceTask {
         {
             return ("rejected", self.failed(reason.clone(), None));
         }
+        let signed_by = match self.check_signature(&commit).await {
+            Ok(signed_by) => {
+                state.signature_rejected = None;
+                signed_by
+            }
+            Err(Unverified::Failure(error)) => {
+                warn!(source = %self.location, "cannot verify revision {commit}, keeping the last good one: {error}");
+                return ("failure", self.failed(error, None));
+            }
+            Err(Unverified::Rejected(reason)) => {
+                let reason =
+                    format!("revision {commit} rejected, keeping the last good one: {reason}");
+                // Checked again at every sync (the keys may change): logged once.
+                if state.signature_rejected.as_ref() != Some(&reason) {
+                    warn!(source = %self.location, "{reason}");
+                }
+                state.signature_rejected = Some(reason.clone());
+                return ("rejected", self.failed(reason, None));
+            }
+        };
         state.attempts = state.attempts.wrapping_add(1);
         let dest = checkouts_dir(&self.cache).join(format!("{commit}-{}", state.attempts));
         match self.load(&commit, &dest).await {
-            Ok(revision) => {
+            Ok(mut revision) => {
+                revision.signed_by = signed_by;
                 info!(source = %self.location, %commit, scripts = revision.scripts.len(), "new revision loaded");
                 state.current = Some(commit.clone());
                 state.rejected = None;
@@ -188,6 +218,40 @@ impl SourceTask {
                 state.rejected = Some((commit, reason.clone()));
                 ("rejected", self.failed(reason, Some(dest)))
             }
+        }
+    }
+
+    /// For a source with `verify`: whether `commit` (as the ref names it) is signed by
+    /// an allowed key; the key's fingerprint when it is. `Ok(None)` without `verify`.
+    async fn check_signature(&self, commit: &str) -> Result<Option<String>, Unverified> {
+        let Some(verify) = &self.verify else {
+            return Ok(None);
+        };
+        let allowed = self
+            .signers
+            .allowed(&verify.ssh)
+            .await
+            .map_err(Unverified::Failure)?;
+        let (cache, git_ref, commit_owned) = (
+            self.cache.join("repo.git"),
+            self.location.git_ref.clone(),
+            commit.to_string(),
+        );
+        let material = tokio::task::spawn_blocking(move || {
+            git::signed_material(&cache, git_ref.as_deref(), &commit_owned)
+        })
+        .await
+        .map_err(|e| Unverified::Failure(format!("signature task failed: {e}")))?
+        .map_err(|e| Unverified::Failure(e.to_string()))?;
+        match signature::decide(&material, &allowed) {
+            Decision::Verified {
+                fingerprint,
+                signed,
+            } => {
+                info!(source = %self.location, %commit, signer = %fingerprint, "{signed} is signed by an allowed key");
+                Ok(Some(fingerprint))
+            }
+            Decision::Rejected { reason } => Err(Unverified::Rejected(reason)),
         }
     }
 
@@ -277,4 +341,15 @@ struct SyncState {
     rejected: Option<(String, String)>,
     /// Checkouts made so far: each gets its own directory.
     attempts: u64,
+    /// The last signature rejection reported (not remembered per commit: the allowed
+    /// signers may change, so each sync checks again).
+    signature_rejected: Option<String>,
+}
+
+/// Why a commit was not verified.
+enum Unverified {
+    /// The allowed signers or the objects could not be read: nothing was decided.
+    Failure(String),
+    /// The commit is not signed by an allowed key.
+    Rejected(String),
 }

@@ -500,3 +500,385 @@ async fn sources_and_mappings_are_reported_in_the_nuoperator_status() {
     assert_eq!(source.revision.as_deref(), Some(commit.as_str()));
     managed.stop().await;
 }
+
+// ---- Signed sources (issue 19 item 1) ----
+
+/// An SSH signing key made with ssh-keygen in a temp dir.
+struct SigningKey {
+    /// The private key file (what `user.signingkey` names).
+    private: std::path::PathBuf,
+    /// The public key line (`ssh-ed25519 AAAA… name@nuop.dev`).
+    public: String,
+    /// Its SHA-256 fingerprint as ssh-keygen prints it.
+    fingerprint: String,
+}
+
+fn ssh_keygen(args: &[&str]) -> String {
+    let output = std::process::Command::new("ssh-keygen")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("these tests need ssh-keygen (openssh-client): {e}"));
+    assert!(
+        output.status.success(),
+        "ssh-keygen {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+impl SigningKey {
+    fn new(dir: &Path, name: &str) -> Self {
+        let private = dir.join(name);
+        let path = private.display().to_string();
+        let comment = format!("{name}@nuop.dev");
+        ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f", &path]);
+        let public = std::fs::read_to_string(format!("{path}.pub"))
+            .expect("public key")
+            .trim()
+            .to_string();
+        // `256 SHA256:… comment (ED25519)`
+        let fingerprint = ssh_keygen(&["-l", "-f", &format!("{path}.pub")])
+            .split_whitespace()
+            .nth(1)
+            .expect("a fingerprint")
+            .to_string();
+        Self {
+            private,
+            public,
+            fingerprint,
+        }
+    }
+
+    /// The `git -c` options that sign with this key.
+    fn config(&self) -> [String; 4] {
+        [
+            "-c".into(),
+            "gpg.format=ssh".into(),
+            "-c".into(),
+            format!("user.signingkey={}", self.private.display()),
+        ]
+    }
+}
+
+/// Commits everything, signed with `key`, and returns the commit id.
+fn signed_commit(repo: &Repo, key: &SigningKey, message: &str) -> String {
+    repo.git(&["add", "-A"]);
+    let mut args: Vec<String> = key.config().to_vec();
+    args.extend(["commit", "-q", "-S", "--allow-empty", "-m", message].map(String::from));
+    repo.git(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    repo.git(&["rev-parse", "HEAD"])
+}
+
+/// Points `main` at a commit carrying a valid signature by `key` over other content:
+/// the work tree's files (the tree that is committed) with the signature of a commit of
+/// the previous tree. Returns the commit id.
+fn tampered_commit(repo: &Repo, key: &SigningKey) -> String {
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let signed_tree = repo.git(&["rev-parse", "HEAD^{tree}"]);
+    // A signed commit of HEAD's tree that no ref points at.
+    let mut args: Vec<String> = key.config().to_vec();
+    args.extend(
+        [
+            "commit-tree",
+            "-S",
+            "-p",
+            &head,
+            "-m",
+            "tampered",
+            &signed_tree,
+        ]
+        .map(String::from),
+    );
+    let genuine = repo.git(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    repo.git(&["add", "-A"]);
+    let other_tree = repo.git(&["write-tree"]);
+    assert_ne!(other_tree, signed_tree);
+    let body = repo.git(&["cat-file", "commit", &genuine]).replacen(
+        &format!("tree {signed_tree}"),
+        &format!("tree {other_tree}"),
+        1,
+    );
+    let file = repo.tmp.path().join("tampered-commit");
+    std::fs::write(&file, format!("{body}\n")).expect("write");
+    let tampered = repo.git(&[
+        "hash-object",
+        "-w",
+        "-t",
+        "commit",
+        &file.display().to_string(),
+    ]);
+    repo.git(&["update-ref", "refs/heads/main", &tampered]);
+    repo.git(&["reset", "-q", "--hard", "main"]);
+    tampered
+}
+
+/// The first source's status entry, once `check` holds.
+async fn source_status_where(
+    operators: &Api<NuOperator>,
+    what: &str,
+    check: impl Fn(&nuop_crd::SourceStatus) -> bool,
+) -> nuop_crd::SourceStatus {
+    eventually(what, LIMIT, || async {
+        let status = operators.get("signed").await.ok()?.status?;
+        let source = status.sources.into_iter().next()?;
+        check(&source).then_some(source)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn only_commits_signed_by_an_allowed_key_run() {
+    let env = TestEnv::new("managed-signed").await;
+    nuop_crd::install::ensure_crd(env.client.clone(), "nuop-tests", LIMIT)
+        .await
+        .expect("CRD installed");
+    let api: Api<ConfigMap> = env.api();
+    let repo = Repo::new();
+    let alice = SigningKey::new(repo.tmp.path(), "alice");
+    let mallory = SigningKey::new(repo.tmp.path(), "mallory");
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "v1"));
+    let v1 = signed_commit(&repo, &alice, "v1");
+    let daemon = Daemon::serve(repo.tmp.path());
+    let url = daemon.url("repo");
+    let source = Source::new(&url).signed_by([format!("alice@nuop.dev {}", alice.public)]);
+    let mapping = Mapping::new("stamper", "v1", "ConfigMap");
+    let operators: Api<NuOperator> = env.api();
+    let operator = NuOperator::test()
+        .named("signed")
+        .in_namespace(&env.namespace)
+        .with_source(source.clone())
+        .with_mapping(mapping.clone());
+    eventually("the NuOperator created", LIMIT, || async {
+        operators
+            .create(&PostParams::default(), &operator)
+            .await
+            .ok()
+    })
+    .await;
+    let managed = Managed::start_for(&env, "signed", vec![source], vec![mapping]).await;
+
+    // Signed by the allowed key: it runs, and the status names the key.
+    create(&api, "signed-a", "x").await;
+    annotation_becomes(&api, "signed-a", "nuop.dev/stamp", "v1").await;
+    let status = source_status_where(&operators, "v1 in the status", |s| {
+        s.revision.as_deref() == Some(v1.as_str())
+    })
+    .await;
+    assert_eq!(
+        status.signed_by.as_deref(),
+        Some(alice.fingerprint.as_str())
+    );
+
+    // Each bad commit is rejected with the commit and the reason in the status, the
+    // rejected count and the log; v1 keeps running.
+    let cases: [(&str, Box<dyn Fn() -> String>, String); 3] = [
+        (
+            "unsigned",
+            Box::new(|| repo.commit("unsigned")),
+            "is unsigned".to_string(),
+        ),
+        (
+            "unknown key",
+            Box::new(|| signed_commit(&repo, &mallory, "mallory")),
+            format!(
+                "is signed by {}, which is not an allowed signer",
+                mallory.fingerprint
+            ),
+        ),
+        (
+            "tampered",
+            Box::new(|| tampered_commit(&repo, &alice)),
+            format!(
+                "carries a signature by {} that does not verify",
+                alice.fingerprint
+            ),
+        ),
+    ];
+    for (index, (case, make, expected)) in cases.iter().enumerate() {
+        let rejected_before = syncs(&url, "rejected");
+        repo.write("stamper/mod.nu", &stamper(&env.namespace, case));
+        let commit = make();
+        let status = source_status_where(&operators, &format!("the {case} commit rejected"), |s| {
+            s.last_error.as_deref().is_some_and(|e| {
+                e.contains(&format!("commit {commit}")) && e.contains(expected.as_str())
+            })
+        })
+        .await;
+        assert_eq!(status.revision.as_deref(), Some(v1.as_str()), "{case}");
+        assert_eq!(
+            status.signed_by.as_deref(),
+            Some(alice.fingerprint.as_str())
+        );
+        assert!(syncs(&url, "rejected") > rejected_before, "{case}: counted");
+        let name = format!("after-{index}");
+        create(&api, &name, "x").await;
+        annotation_becomes(&api, &name, "nuop.dev/stamp", "v1").await;
+        assert_eq!(
+            revisions(&url),
+            [v1.as_str()],
+            "{case}: the running revision"
+        );
+    }
+    assert_eq!(managed.readiness.check(), Ok(()));
+
+    // A signed commit after them runs.
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "v2"));
+    let v2 = signed_commit(&repo, &alice, "v2");
+    annotation_becomes(&api, "signed-a", "nuop.dev/stamp", "v2").await;
+    let status = source_status_where(&operators, "v2 in the status", |s| {
+        s.revision.as_deref() == Some(v2.as_str()) && s.last_error.is_none()
+    })
+    .await;
+    assert_eq!(
+        status.signed_by.as_deref(),
+        Some(alice.fingerprint.as_str())
+    );
+    managed.stop().await;
+}
+
+#[tokio::test]
+async fn a_signed_annotated_tag_vouches_for_its_commit() {
+    // With a tag ref, a signed annotated tag is checked instead of the commit; an
+    // unsigned annotated tag leaves it to the commit (README, managed mode).
+    let env = TestEnv::new("managed-signed-tag").await;
+    let api: Api<ConfigMap> = env.api();
+    let repo = Repo::new();
+    let alice = SigningKey::new(repo.tmp.path(), "alice");
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "tagged"));
+    let unsigned = repo.commit("an unsigned commit");
+    let mut args: Vec<String> = alice.config().to_vec();
+    args.extend(["tag", "-s", "release", "-m", "signed release"].map(String::from));
+    repo.git(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let daemon = Daemon::serve(repo.tmp.path());
+    let url = daemon.url("repo");
+    let managed = Managed::start(
+        &env,
+        vec![
+            Source::new(&url)
+                .at_ref("release")
+                .signed_by([alice.public.clone()]),
+        ],
+        vec![Mapping::new("stamper", "v1", "ConfigMap")],
+    )
+    .await;
+    create(&api, "tagged", "x").await;
+    annotation_becomes(&api, "tagged", "nuop.dev/stamp", "tagged").await;
+    assert_eq!(revisions(&url), [unsigned.as_str()]);
+
+    // The tag moves to an unsigned annotated tag of an unsigned commit: rejected.
+    let rejected_before = syncs(&url, "rejected");
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "unsigned-tag"));
+    repo.commit("unsigned again");
+    repo.git(&["tag", "-f", "-a", "release", "-m", "unsigned release"]);
+    eventually("the unsigned tag rejected", LIMIT, || async {
+        (syncs(&url, "rejected") > rejected_before).then_some(())
+    })
+    .await;
+    create(&api, "tagged-after", "x").await;
+    annotation_becomes(&api, "tagged-after", "nuop.dev/stamp", "tagged").await;
+    assert_eq!(revisions(&url), [unsigned.as_str()]);
+    managed.stop().await;
+}
+
+#[tokio::test]
+async fn keys_rotate_through_the_config_map_without_a_gap() {
+    let env = TestEnv::new("managed-signed-rotation").await;
+    let api: Api<ConfigMap> = env.api();
+    let set_signers = |keys: Vec<String>| {
+        let api = api.clone();
+        async move {
+            let patch = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": { "name": "signers" },
+                "data": { "allowed_signers": format!("# team keys\n{}\n", keys.join("\n")) },
+            });
+            api.patch(
+                "signers",
+                &kube::api::PatchParams::apply("nuop-tests").force(),
+                &kube::api::Patch::Apply(&patch),
+            )
+            .await
+            .expect("signers ConfigMap applied");
+        }
+    };
+    let repo = Repo::new();
+    let old = SigningKey::new(repo.tmp.path(), "old");
+    let new = SigningKey::new(repo.tmp.path(), "new");
+    set_signers(vec![old.public.clone()]).await;
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "r1"));
+    let r1 = signed_commit(&repo, &old, "r1");
+    let daemon = Daemon::serve(repo.tmp.path());
+    let url = daemon.url("repo");
+    let managed = Managed::start(
+        &env,
+        vec![Source::new(&url).signed_by_config_map("signers", "allowed_signers")],
+        vec![Mapping::new("stamper", "v1", "ConfigMap")],
+    )
+    .await;
+    create(&api, "rotated", "stamp").await;
+    annotation_becomes(&api, "rotated", "nuop.dev/stamp", "r1").await;
+    eventually("ready", LIMIT, || async { managed.readiness.check().ok() }).await;
+    assert_eq!(revisions(&url), [r1.as_str()]);
+
+    // From here on a revision must run at every moment: sample readiness and the
+    // running revision throughout the rotation.
+    let (stop_sampling, sampler) = {
+        let readiness = managed.readiness.clone();
+        let url = url.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let sampler = tokio::spawn(async move {
+            let mut gaps = Vec::new();
+            loop {
+                if let Err(reason) = readiness.check() {
+                    gaps.push(format!("unready: {reason}"));
+                }
+                if revisions(&url).len() != 1 {
+                    gaps.push(format!("running revisions: {:?}", revisions(&url)));
+                }
+                tokio::select! {
+                    _ = &mut stopped => return gaps,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+        });
+        (stop, sampler)
+    };
+
+    // A commit by the new key before the key is allowed: rejected, r1 keeps running.
+    let rejected_before = syncs(&url, "rejected");
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "r2"));
+    let r2 = signed_commit(&repo, &new, "r2");
+    eventually("r2 rejected while its key is unknown", LIMIT, || async {
+        (syncs(&url, "rejected") > rejected_before).then_some(())
+    })
+    .await;
+    assert_eq!(revisions(&url), [r1.as_str()]);
+
+    // Add the new key: the same commit is accepted without the ref moving.
+    set_signers(vec![old.public.clone(), new.public.clone()]).await;
+    annotation_becomes(&api, "rotated", "nuop.dev/stamp", "r2").await;
+    assert_eq!(revisions(&url), [r2.as_str()]);
+
+    // Remove the old key: r2 keeps running, the new key's commits run, the old key's
+    // are rejected.
+    set_signers(vec![new.public.clone()]).await;
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "r3"));
+    let r3 = signed_commit(&repo, &new, "r3");
+    annotation_becomes(&api, "rotated", "nuop.dev/stamp", "r3").await;
+    let rejected_before = syncs(&url, "rejected");
+    repo.write("stamper/mod.nu", &stamper(&env.namespace, "r4"));
+    signed_commit(&repo, &old, "r4 by the removed key");
+    eventually("the removed key's commit rejected", LIMIT, || async {
+        (syncs(&url, "rejected") > rejected_before).then_some(())
+    })
+    .await;
+    create(&api, "rotated-after", "stamp").await;
+    annotation_becomes(&api, "rotated-after", "nuop.dev/stamp", "r3").await;
+    assert_eq!(revisions(&url), [r3.as_str()]);
+
+    let _ = stop_sampling.send(());
+    let gaps = sampler.await.expect("sampler");
+    assert_eq!(gaps, Vec::<String>::new(), "a gap during the key rotation");
+    managed.stop().await;
+}

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use nuop_crd::NuOperator;
-use nuop_crd::location;
+use nuop_crd::{location, signers};
 
 /// The longest `NuOperator` name: the name goes into label values (63 characters).
 pub const MAX_NAME_LENGTH: usize = 63;
@@ -52,6 +52,16 @@ pub enum Problem {
         /// The source's index in `spec.sources`.
         index: usize,
     },
+    /// A source's `verify.ssh` the managed pods would refuse: an inline allowed signer
+    /// that does not parse, or no signer at all.
+    InvalidAllowedSigners {
+        /// The source's index in `spec.sources`.
+        index: usize,
+        /// The field at fault, e.g. `allowedSigners[1]`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The name is too long for the label values the children carry.
     NameTooLong(usize),
     /// A ConfigMap or Deployment of the child's name exists and is not controlled by
@@ -72,6 +82,7 @@ impl Problem {
             Self::InvalidMappingName { .. } => "InvalidMappingName",
             Self::InvalidSource { .. } => "InvalidSource",
             Self::CredentialsInLocation { .. } => "CredentialsInLocation",
+            Self::InvalidAllowedSigners { .. } => "InvalidAllowedSigners",
             Self::NameTooLong(_) => "NameTooLong",
             Self::NameConflict { .. } => "NameConflict",
         }
@@ -104,6 +115,11 @@ impl fmt::Display for Problem {
                 f,
                 "spec.sources[{index}].location carries credentials; use spec.sources[{index}].credentials with a Secret"
             ),
+            Self::InvalidAllowedSigners {
+                index,
+                field,
+                message,
+            } => write!(f, "spec.sources[{index}].verify.ssh.{field}: {message}"),
             Self::NameTooLong(length) => write!(
                 f,
                 "the name is {length} characters long; at most {MAX_NAME_LENGTH} fit in a label"
@@ -152,6 +168,34 @@ pub fn validate(operator: &NuOperator) -> Vec<Problem> {
                 message: e.to_string(),
             });
         }
+        if let Some(verify) = &source.verify {
+            problems.extend(allowed_signer_problems(index, &verify.ssh));
+        }
+    }
+    problems
+}
+
+/// What is wrong with a source's inline allowed signers (the ConfigMap's, if any, the
+/// managed pods read and report: the manager does not read tenants' ConfigMaps).
+fn allowed_signer_problems(index: usize, ssh: &nuop_crd::SshVerify) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut signers = 0;
+    for (entry, text) in ssh.allowed_signers.iter().enumerate() {
+        match signers::parse_file(text) {
+            Ok(parsed) => signers += parsed.len(),
+            Err(e) => problems.push(Problem::InvalidAllowedSigners {
+                index,
+                field: format!("allowedSigners[{entry}]"),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if problems.is_empty() && signers == 0 && ssh.allowed_signers_config_map.is_none() {
+        problems.push(Problem::InvalidAllowedSigners {
+            index,
+            field: "allowedSigners".into(),
+            message: "no allowed signer (every entry is blank or a comment) and no allowedSignersConfigMap: no commit could run".into(),
+        });
     }
     problems
 }
@@ -318,6 +362,34 @@ mod tests {
             assert_eq!(problems, [Problem::CredentialsInLocation { index: 0 }]);
             assert!(!problems[0].to_string().contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn allowed_signers_that_do_not_parse_name_the_entry() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAYVVbKE1oiMdLmuq4BUanmmDRdN2bIWSQeDMScdpHst a@nuop.dev";
+        let good = operator().with_source(Source::new("https://h/r.git").signed_by([key]));
+        assert_eq!(validate(&good), []);
+        let from_map = operator()
+            .with_source(Source::new("https://h/r.git").signed_by_config_map("signers", "keys"));
+        assert_eq!(validate(&from_map), []);
+        let bad = operator().with_source(Source::new("https://h/r.git").signed_by([
+            key,
+            "alice ssh-dss AAAA",
+            "# none",
+        ]));
+        let problems = validate(&bad);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].reason(), "InvalidAllowedSigners");
+        assert_eq!(
+            problems[0].to_string(),
+            "spec.sources[0].verify.ssh.allowedSigners[1]: line 1: key type ssh-dss is not supported (supported: ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256, sk-ssh-ed25519@openssh.com, sk-ecdsa-sha2-nistp256@openssh.com)"
+        );
+        let empty = operator().with_source(Source::new("https://h/r.git").signed_by(["# none"]));
+        let problems = validate(&empty);
+        assert!(
+            problems[0].to_string().contains("no allowed signer"),
+            "{problems:?}"
+        );
     }
 
     #[test]

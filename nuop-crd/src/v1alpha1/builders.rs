@@ -23,7 +23,8 @@ use k8s_openapi::api::core::v1::EnvVar;
 use kube::api::ObjectMeta;
 
 use super::{
-    Credentials, Mapping, NuOperator, NuOperatorSpec, NuOperatorStatus, SecretKeyRef, Source,
+    ConfigMapKeyRef, Credentials, Mapping, NuOperator, NuOperatorSpec, NuOperatorStatus,
+    SecretKeyRef, Source, SshVerify, Verify,
 };
 
 impl NuOperator {
@@ -173,6 +174,33 @@ impl Source {
             token: None,
         });
         self
+    }
+}
+
+impl Source {
+    /// Requires SSH signatures by one of `allowed_signers` (allowed-signers lines).
+    #[must_use]
+    pub fn signed_by<S: Into<String>>(
+        mut self,
+        allowed_signers: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.ssh_verify().allowed_signers = allowed_signers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires SSH signatures by one of the allowed signers in key `key` of the
+    /// ConfigMap `name`.
+    #[must_use]
+    pub fn signed_by_config_map(mut self, name: impl Into<String>, key: impl Into<String>) -> Self {
+        self.ssh_verify().allowed_signers_config_map = Some(ConfigMapKeyRef {
+            name: name.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    fn ssh_verify(&mut self) -> &mut SshVerify {
+        &mut self.verify.get_or_insert_with(Verify::default).ssh
     }
 }
 

@@ -162,6 +162,59 @@ pub struct Source {
     /// password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
+
+    /// Signatures the commit must carry before it runs. Without it, any commit the ref
+    /// names runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+}
+
+/// What a source's commits must be signed with. A commit that is unsigned, signed by
+/// another key, or whose signature does not verify is rejected like a broken revision:
+/// the last good revision keeps running.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verify {
+    /// SSH signatures (git's `gpg.format=ssh`, namespace `git`) by one of the allowed
+    /// signers.
+    pub ssh: SshVerify,
+}
+
+/// The public keys whose SSH signatures are accepted: inline, from a ConfigMap, or
+/// both (the union). Public keys only; they are not secret, so never a Secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.allowedSigners) && size(self.allowedSigners) > 0) || has(self.allowedSignersConfigMap)",
+        "message": "ssh needs allowedSigners, allowedSignersConfigMap or both"
+    }
+]))]
+pub struct SshVerify {
+    /// Allowed signers, one per entry, in the form of git's `gpg.ssh.allowedSignersFile`
+    /// (`[principals] [namespaces="git"] ssh-ed25519 AAAA… [comment]`) or a plain
+    /// public key line (`ssh-ed25519 AAAA… comment`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 16384)))]
+    pub allowed_signers: Vec<String>,
+
+    /// A key of a ConfigMap in the NuOperator's namespace holding an allowed-signers
+    /// file (one signer per line, `#` comments). Read at every sync that brings a new
+    /// commit, so keys rotate without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_signers_config_map: Option<ConfigMapKeyRef>,
+}
+
+/// A key of a ConfigMap in the NuOperator's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigMapKeyRef {
+    /// The ConfigMap's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// The key within the ConfigMap's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// Credentials for a source, each a reference to a key of a Secret in the

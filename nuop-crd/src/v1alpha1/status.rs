@@ -71,6 +71,11 @@ pub struct SourceStatus {
     /// Why the last fetch failed; absent once a fetch succeeds. Never holds credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+
+    /// For a source with `verify`: the SHA-256 fingerprint (`SHA256:…`) of the key that
+    /// signed the revision in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 /// Whether a mapping's controller runs.

@@ -357,6 +357,7 @@ fn status_uses_camel_case() {
             revision: Some("abc123".to_string()),
             last_sync_time: None,
             last_error: Some("fetch failed".to_string()),
+            signed_by: None,
         }],
         mappings: vec![MappingStatus {
             name: "s".to_string(),
