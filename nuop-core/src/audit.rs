@@ -8,6 +8,8 @@
 //! `sha256:` digest of the script in standard mode, [`script_digest`]), the object
 //! (apiVersion, kind, namespace, name, UID), the verb, the field manager, the result
 //! (`ok`, or `error` with the message) and what changed as JSON pointers ([`changed`]).
+//! A `k8s` command the session refuses before building a request (a usage error) sends
+//! nothing and has no record; one the cluster refuses (an unknown kind) has one.
 //! A failed write is recorded with its error, and a write whose request was abandoned
 //! before the API server answered (the call's deadline, shutdown) is recorded as an
 //! error saying so, since it may or may not have happened ([`Pending`]'s drop).

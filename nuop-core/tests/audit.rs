@@ -46,7 +46,7 @@ def "main reconcile" [] {
   {apiVersion: "v1", kind: "ConfigMap", metadata: {name: $"($base)-applied", namespace: $ns}, data: {a: "b"}} | k8s apply | ignore
   {data: {p: "q"}} | k8s patch configmap $"($base)-applied" | ignore
   k8s delete configmap $"($base)-created"
-  $g | upsert metadata.labels {audited: "yes"} | upsert status {message: "audited"} | to json
+  $g | upsert metadata.labels {audited: "yes"} | upsert status {message: "audited"} | to json -r | print
   exit 2
 }
 
@@ -96,6 +96,8 @@ async fn ensure_greeting_crd(client: &kube::Client) {
 
 #[tokio::test]
 async fn every_kind_of_change_leaves_one_audit_record() {
+    // Logs help when it fails; a second install (the other test) is refused, fine.
+    let _ = nuop_core::telemetry::init_logs("plain");
     let env = TestEnv::new("audit-changes").await;
     ensure_greeting_crd(&env.client).await;
     let logs = tempfile::tempdir().expect("tempdir");
