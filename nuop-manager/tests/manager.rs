@@ -553,17 +553,17 @@ fn policy_ports(
         .collect()
 }
 
-/// Whether every label of `selector` is on `labels`.
+/// Whether `selector` is set, names labels, and every one of them is on `labels`.
 fn selects(
-    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> bool {
-    selector.match_expressions.is_none()
-        && selector
-            .match_labels
-            .iter()
-            .flatten()
-            .all(|(k, v)| labels.get(k) == Some(v))
+    selector.is_some_and(|selector| {
+        selector.match_expressions.is_none()
+            && selector.match_labels.as_ref().is_some_and(|wanted| {
+                !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+    })
 }
 
 /// `config/network-policy`: the manager's metrics policy and the managed pods' template
@@ -584,7 +584,8 @@ async fn network_policies_are_valid_and_open_only_the_deployments_ports() {
         json!(["allow-metrics-traffic.yaml"])
     );
     let default = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/default/kustomization.yaml"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/default/kustomization.yaml"),
     )
     .expect("config/default");
     assert!(
@@ -614,7 +615,7 @@ async fn network_policies_are_valid_and_open_only_the_deployments_ports() {
     .expect("a NetworkPolicy");
     let spec = metrics.spec.clone().expect("spec");
     assert!(
-        selects(&spec.pod_selector, &pod_labels),
+        selects(spec.pod_selector.as_ref(), &pod_labels),
         "selects the manager's pods"
     );
     let ingress = spec.ingress.clone().unwrap_or_default();
@@ -643,7 +644,10 @@ async fn network_policies_are_valid_and_open_only_the_deployments_ports() {
     ] {
         text = text.replace(&format!("${{{name}}}"), value);
     }
-    let body: String = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    let body: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
     assert!(!body.contains("${"), "a placeholder is left:\n{text}");
     let managed: NetworkPolicy =
         serde_json::from_value(render_documents(&text, "the rendered template")[0].clone())
@@ -671,7 +675,7 @@ async fn network_policies_are_valid_and_open_only_the_deployments_ports() {
         .collect();
     let spec = managed.spec.clone().expect("spec");
     assert!(
-        selects(&spec.pod_selector, &pod_labels),
+        selects(spec.pod_selector.as_ref(), &pod_labels),
         "selects the managed pods: {:?} vs {pod_labels:?}",
         spec.pod_selector
     );
@@ -682,7 +686,9 @@ async fn network_policies_are_valid_and_open_only_the_deployments_ports() {
         "every container port ({container_ports:?}) is open ({opened:?})"
     );
     assert!(
-        opened.iter().all(|p| container_ports.contains(p) || *p == webhook),
+        opened
+            .iter()
+            .all(|p| container_ports.contains(p) || *p == webhook),
         "only the container ports and the webhook port are open: {opened:?}"
     );
     let egress: Vec<(String, i32)> = spec
