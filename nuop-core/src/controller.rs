@@ -42,6 +42,9 @@ pub struct ControllerOptions {
     /// The process's shared informers (`owns`, `watches`, `reads`): one registry per
     /// process, so controllers that declare the same kind share one watch.
     pub informers: Informers,
+    /// Where audit records of the controllers' writes go (off by default); managed mode
+    /// sets the revision per controller ([`crate::audit::AuditLog::with_revision`]).
+    pub audit: crate::audit::AuditLog,
 }
 
 impl Default for ControllerOptions {
@@ -51,6 +54,7 @@ impl Default for ControllerOptions {
             readiness: Readiness::new(),
             write_events: true,
             informers: Informers::default(),
+            audit: crate::audit::AuditLog::default(),
         }
     }
 }
@@ -224,7 +228,13 @@ pub async fn run_with_backoff(
     // The calls' writes are remembered so that their own watch events (echoes) do not
     // wake the primaries that made them again (cluster::echo).
     let echoes = crate::cluster::echo::Echoes::new();
-    let cluster = echoes.around(Arc::new(LiveCluster::new(client.clone(), caches)));
+    // One auditor for the controller's own writes and its calls' `k8s` writes.
+    let auditor = options
+        .audit
+        .for_controller(&config.name, &runner.script().dir);
+    let cluster = echoes.around(Arc::new(
+        LiveCluster::new(client.clone(), caches).with_audit(auditor.clone()),
+    ));
 
     let name = config.name.clone();
     let ctx = Arc::new(
@@ -238,7 +248,8 @@ pub async fn run_with_backoff(
             &options,
         )
         .with_backoff_base(backoff_base)
-        .with_cluster(cluster),
+        .with_cluster(cluster)
+        .with_audit(auditor),
     );
     // Each watch reports its own first list (InitDone) to `first_lists`. Waiting on
     // `Store::wait_until_ready` from a second task does not work: kube-runtime's store

@@ -10,6 +10,7 @@
 //! - [`triggers`]: which related changes wake which primaries (pure).
 //! - [`related`]: a controller's related kinds at run time (subscribe, wait, route).
 //! - [`k8s`]: the `k8s` commands scripts call (signatures, wire form, errors).
+//! - [`audit`]: the audit trail, one JSON record per write made on a script's behalf.
 //! - [`cluster`]: what those commands run against (live, fake, recording).
 //! - [`root`]: loading a scripts root (every `*/mod.nu` under it), for both modes.
 //! - [`standard`]: standard mode, one controller per script under a root.
@@ -26,6 +27,7 @@
 //! - `testing` (cargo feature `testing`, test builds only): connecting tests to the real
 //!   local control plane.
 
+pub mod audit;
 pub mod cluster;
 pub mod controller;
 pub mod devtools;

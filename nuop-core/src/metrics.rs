@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// How a finished reconcile is counted in `nuop_reconciles_total{outcome}`: the one
@@ -94,6 +94,11 @@ pub struct Metrics {
     /// `k8s get`/`k8s list` reads that went to the API server (an undeclared kind, a
     /// read no cache covers, or `--live`), by controller and kind.
     pub k8s_uncached_reads: IntCounterVec,
+    // --- audit trail (issue 19) ---
+    /// Audit records written, by verb and result (`ok`, `error`); see [`crate::audit`].
+    pub audit_records: IntCounterVec,
+    /// Audit records that could not be written (the sink failed).
+    pub audit_write_errors: IntCounter,
 }
 
 /// Holds a gauge one higher while alive: incremented on creation, decremented on drop,
@@ -243,6 +248,23 @@ impl Metrics {
                 "k8s get/list reads served by the API server rather than a cache, by controller and kind.",
                 &["controller", "kind"],
             ),
+            // --- audit trail (issue 19) ---
+            audit_records: counter(
+                "nuop_audit_records_total",
+                "Audit records written, by verb and result.",
+                &["verb", "result"],
+            ),
+            audit_write_errors: {
+                let c = IntCounter::new(
+                    "nuop_audit_write_errors_total",
+                    "Audit records that could not be written.",
+                )
+                .unwrap_or_else(|e| panic!("metric nuop_audit_write_errors_total: {e}"));
+                registry
+                    .register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("register nuop_audit_write_errors_total: {e}"));
+                c
+            },
             registry,
         }
     }

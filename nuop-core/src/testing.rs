@@ -337,6 +337,29 @@ impl TestEnv {
         kind: crate::script::ExecutorKind,
         backoff_base: Duration,
     ) -> RunningController {
+        self.run_script_with_options(
+            name,
+            source,
+            kind,
+            backoff_base,
+            crate::controller::ControllerOptions::default(),
+        )
+        .await
+    }
+
+    /// [`TestEnv::run_script_with_backoff`] with `options` (an audit log, a
+    /// concurrency) instead of the defaults.
+    ///
+    /// # Panics
+    /// When the script does not load or its config is invalid.
+    pub async fn run_script_with_options(
+        &self,
+        name: &str,
+        source: &str,
+        kind: crate::script::ExecutorKind,
+        backoff_base: Duration,
+        options: crate::controller::ControllerOptions,
+    ) -> RunningController {
         let dir = tempfile::tempdir().expect("tempdir");
         let script_dir = dir.path().join(name);
         std::fs::create_dir(&script_dir).expect("script dir");
@@ -357,7 +380,7 @@ impl TestEnv {
             self.client.clone(),
             config.clone(),
             runner,
-            crate::controller::ControllerOptions::default(),
+            options,
             shutdown,
             backoff_base,
         ));

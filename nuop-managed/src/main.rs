@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use nuop_core::controller::{ControllerOptions, shutdown_signal};
 use nuop_core::health::Readiness;
-use nuop_core::runtime::{OperateArgs, operate, parse_duration, run_to_exit};
+use nuop_core::runtime::{AuditArgs, OperateArgs, operate, parse_duration, run_to_exit};
 use nuop_core::script::ExecutorKind;
 use nuop_crd::ManagedConfig;
 
@@ -47,6 +47,8 @@ struct Cli {
     log_format: String,
     #[command(flatten)]
     operate: OperateArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 /// Where the managed configuration is mounted when no flag or env var says otherwise.
@@ -76,6 +78,7 @@ fn main() -> anyhow::Result<()> {
     // One Lease per NuOperator: several may run in one namespace.
     let lease = format!("nuop-managed-{}", config.nu_operator.name);
     let options = cli.operate.resolve(&lease).map_err(anyhow::Error::msg)?;
+    let audit = cli.audit.open().map_err(anyhow::Error::msg)?;
     let settings = nuop_managed::Settings {
         sync_interval: Duration::from_secs(
             cli.sync_interval.unwrap_or(config.sync_interval).max(1),
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             write_events: cli.write_events,
             // One registry per process: every controller shares its watches.
             informers: nuop_core::informers::Informers::default(),
+            audit,
         };
         let stopped = operate(
             client.clone(),

@@ -343,12 +343,23 @@ impl Supervisor {
                 _ = stopped => {}
             }
         });
-        let (client, config, runner, options) = (
+        let (client, config, runner, mut options) = (
             self.client.clone(),
             desired.config.clone(),
             script.runner.clone(),
             self.options.clone(),
         );
+        // Audit records name the commit whose checkout this controller runs. A later
+        // commit that leaves the script unchanged keeps the controller (and so this
+        // commit, whose script is the same).
+        if let Some(good) = self
+            .sources
+            .iter()
+            .filter_map(|s| s.good.as_ref())
+            .find(|g| g.root == root)
+        {
+            options.audit = options.audit.with_revision(good.commit.clone());
+        }
         let handle = tokio::spawn(async move {
             // Never alongside the controller it replaces.
             if let Some(previous) = after {

@@ -523,3 +523,194 @@ async fn children_no_longer_wanted_are_deleted() {
             .is_some()
     );
 }
+
+/// The YAML documents of `config/<path>` as JSON.
+fn config_documents(path: &str) -> Vec<serde_json::Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config")
+        .join(path);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    render_documents(&text, &path.display().to_string())
+}
+
+fn render_documents(text: &str, what: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple(text).unwrap_or_else(|e| panic!("{what} is not YAML: {e}"))
+}
+
+/// The TCP ports a NetworkPolicy's ingress (or egress) rules open, as numbers.
+fn policy_ports(
+    rules: &[k8s_openapi::api::networking::v1::NetworkPolicyIngressRule],
+) -> std::collections::BTreeSet<i32> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    rules
+        .iter()
+        .flat_map(|r| r.ports.iter().flatten())
+        .filter_map(|p| match &p.port {
+            Some(IntOrString::Int(port)) => Some(*port),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `selector` is set, names labels, and every one of them is on `labels`.
+fn selects(
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    selector.is_some_and(|selector| {
+        selector.match_expressions.is_none()
+            && selector.match_labels.as_ref().is_some_and(|wanted| {
+                !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+    })
+}
+
+/// `config/network-policy`: the manager's metrics policy and the managed pods' template
+/// are accepted by the API server (created in the test's namespace: schema and
+/// validation; nothing enforces them without a CNI), and the ports they open are the
+/// ports of the Deployments: the manager's `metrics` port of config/manager, and every
+/// container port of the managed Deployment the manager builds plus the webhook port.
+#[tokio::test]
+async fn network_policies_are_valid_and_open_only_the_deployments_ports() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let env = TestEnv::new("netpol").await;
+    let policies = Api::<NetworkPolicy>::namespaced(env.client.clone(), &env.namespace);
+
+    // Listed by the kustomization, and not enabled by config/default.
+    let kustomization = &config_documents("network-policy/kustomization.yaml")[0];
+    assert_eq!(
+        kustomization["resources"],
+        json!(["allow-metrics-traffic.yaml"])
+    );
+    let default = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/default/kustomization.yaml"),
+    )
+    .expect("config/default");
+    assert!(
+        default.contains("#  - ../network-policy")
+            && !default.lines().any(|l| l.trim() == "- ../network-policy"),
+        "config/default names the network policies, commented out"
+    );
+
+    // The manager: only its metrics port, only from labelled namespaces.
+    let manager: Deployment = config_documents("manager/manager.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .map(|d| serde_json::from_value(d).expect("a Deployment"))
+        .expect("config/manager/manager.yaml has a Deployment");
+    let template = manager.spec.as_ref().expect("spec").template.clone();
+    let pod_labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    let metrics_port = template.spec.as_ref().expect("pod spec").containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("a metrics port")
+        .container_port;
+    let mut metrics: NetworkPolicy = serde_json::from_value(
+        config_documents("network-policy/allow-metrics-traffic.yaml")[0].clone(),
+    )
+    .expect("a NetworkPolicy");
+    let spec = metrics.spec.clone().expect("spec");
+    assert!(
+        selects(spec.pod_selector.as_ref(), &pod_labels),
+        "selects the manager's pods"
+    );
+    let ingress = spec.ingress.clone().unwrap_or_default();
+    assert_eq!(policy_ports(&ingress), [metrics_port].into());
+    assert_eq!(
+        serde_json::to_value(&ingress[0].from).expect("json"),
+        json!([{"namespaceSelector": {"matchLabels": {"metrics": "enabled"}}}])
+    );
+    metrics.metadata.namespace = Some(env.namespace.clone());
+    policies
+        .create(&PostParams::default(), &metrics)
+        .await
+        .expect("the API server accepts allow-metrics-traffic.yaml");
+
+    // The managed pods: the template rendered for one NuOperator.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/network-policy/managed-operator.template.yaml");
+    let mut text = std::fs::read_to_string(&path).expect("the managed template");
+    for (name, value) in [
+        ("NAMESPACE", env.namespace.as_str()),
+        ("NUOPERATOR", "netpol"),
+        ("API_SERVER_CIDR", "10.0.0.10/32"),
+        ("API_SERVER_PORT", "6443"),
+        ("GIT_CIDR", "192.0.2.0/24"),
+        ("GIT_PORT", "443"),
+    ] {
+        text = text.replace(&format!("${{{name}}}"), value);
+    }
+    let body: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(!body.contains("${"), "a placeholder is left:\n{text}");
+    let managed: NetworkPolicy =
+        serde_json::from_value(render_documents(&text, "the rendered template")[0].clone())
+            .expect("a NetworkPolicy");
+    let operator = NuOperator::test()
+        .named("netpol")
+        .in_namespace(env.namespace.clone())
+        .with_uid("u-netpol");
+    let built = nuop_manager::build::desired_deployment(
+        &operator,
+        &Settings {
+            default_image: IMAGE.to_string(),
+        },
+        "hash",
+    )
+    .expect("the managed Deployment");
+    let template = built.spec.expect("spec").template;
+    let pod_labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    let container_ports: std::collections::BTreeSet<i32> = template
+        .spec
+        .expect("pod spec")
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten().map(|p| p.container_port))
+        .collect();
+    let spec = managed.spec.clone().expect("spec");
+    assert!(
+        selects(spec.pod_selector.as_ref(), &pod_labels),
+        "selects the managed pods: {:?} vs {pod_labels:?}",
+        spec.pod_selector
+    );
+    let opened = policy_ports(&spec.ingress.clone().unwrap_or_default());
+    let webhook = 9443;
+    assert!(
+        container_ports.is_subset(&opened),
+        "every container port ({container_ports:?}) is open ({opened:?})"
+    );
+    assert!(
+        opened
+            .iter()
+            .all(|p| container_ports.contains(p) || *p == webhook),
+        "only the container ports and the webhook port are open: {opened:?}"
+    );
+    let egress: Vec<(String, i32)> = spec
+        .egress
+        .iter()
+        .flatten()
+        .flat_map(|r| r.ports.iter().flatten())
+        .filter_map(|p| match &p.port {
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                Some((p.protocol.clone().unwrap_or_default(), *n))
+            }
+            _ => None,
+        })
+        .collect();
+    for want in [("TCP", 6443), ("UDP", 53), ("TCP", 53), ("TCP", 443)] {
+        assert!(
+            egress.contains(&(want.0.to_string(), want.1)),
+            "egress {want:?} missing: {egress:?}"
+        );
+    }
+    policies
+        .create(&PostParams::default(), &managed)
+        .await
+        .expect("the API server accepts the rendered managed template");
+}

@@ -10,7 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nuop_core::controller::ControllerOptions;
 use nuop_core::health::Readiness;
 use nuop_core::protocol::Phase;
-use nuop_core::runtime::{OperateArgs, operate, run_to_exit};
+use nuop_core::runtime::{AuditArgs, OperateArgs, operate, run_to_exit};
 use nuop_core::script::ExecutorKind;
 use nuop_core::shutdown::shutdown_signal;
 
@@ -39,6 +39,8 @@ struct Cli {
     log_format: String,
     #[command(flatten)]
     operate: OperateArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -266,6 +268,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .operate
                 .resolve(DEFAULT_LEADER_ELECTION_ID)
                 .map_err(anyhow::Error::msg)?;
+            let audit = cli.audit.open().map_err(anyhow::Error::msg)?;
             let code = run_to_exit("nuop-standard", &cli.log_format, || async move {
                 let client = kube::Client::try_default().await?;
                 let readiness = Readiness::new();
@@ -276,6 +279,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     write_events: cli.write_events,
                     // One registry per process: every controller shares its watches.
                     informers: nuop_core::informers::Informers::default(),
+                    audit,
                 };
                 let scripts = cli.scripts.clone();
                 let executor = cli.executor;

@@ -802,3 +802,71 @@ async fn a_holder_that_finds_its_lease_taken_exits_non_zero_at_once() {
         "a replica that lost the lease must not write it again"
     );
 }
+
+/// `--audit-log FILE` on the real binary: the write-back of a reconcile is one JSON
+/// line in the file (controller, the script's digest, the object, the changed path) and
+/// is counted in `nuop_audit_records_total`.
+#[tokio::test]
+async fn the_audit_log_flag_records_writes_in_a_file_and_counts_them() {
+    let env = TestEnv::new("audit-flag").await;
+    let cms = env.api::<ConfigMap>();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scripts = dir.path().join("scripts");
+    write_script(
+        &scripts,
+        "marker",
+        &marker_script(&env.namespace, "audit-flag"),
+    );
+    let calls = dir.path().join("calls");
+    let audit = dir.path().join("audit.jsonl");
+    let replica = spawn(
+        &scripts,
+        dir.path(),
+        "audited",
+        &["--audit-log", audit.to_str().expect("utf-8 path")],
+        &[("TEST_CALLS", calls.to_str().expect("utf-8 path"))],
+    );
+    wait_alive(&replica).await;
+    cms.create(&PostParams::default(), &labelled("a", "audit-flag", "yes"))
+        .await
+        .expect("create a");
+    wait_reconciled_by(&cms, "a", "audited").await;
+    let uid = cms.get("a").await.expect("get a").uid();
+    let record = eventually("the write-back's audit record", LIMIT, || async {
+        let text = std::fs::read_to_string(&audit).ok()?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["verb"] == "write_back")
+    })
+    .await;
+    assert_eq!(record["controller"], "marker");
+    assert_eq!(record["result"], "ok");
+    assert_eq!(record["field_manager"], "nuop-marker");
+    assert!(
+        record["revision"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("sha256:")),
+        "{record}"
+    );
+    assert_eq!(
+        record["object"],
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": env.namespace,
+               "name": "a", "uid": uid})
+    );
+    assert_eq!(
+        record["changed"],
+        json!(["/metadata/annotations/nuop.dev~1reconciled-by"])
+    );
+    let (_, metrics) = replica
+        .get(replica.metrics, "/metrics")
+        .await
+        .expect("/metrics answers");
+    assert_eq!(
+        sample(
+            &metrics,
+            "nuop_audit_records_total{result=\"ok\",verb=\"write_back\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}

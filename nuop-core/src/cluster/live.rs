@@ -14,7 +14,8 @@
 //! (`ListParams::match_any`), which the API server answers from its watch cache, except
 //! `--live` ones: those are consistent reads, so they see every write that came before.
 //! Writes are forced server-side apply under the controller's field manager, merge or
-//! JSON patches, creates and deletes (404 is not an error). Objects come back without
+//! JSON patches, creates and deletes (404 is not an error), each with an audit record
+//! when the controller's audit log is on ([`crate::audit`]). Objects come back without
 //! managedFields.
 
 use std::collections::HashSet;
@@ -31,9 +32,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::Value;
 
 use super::{
-    Cluster, KindName, PatchType, Propagation, Request, ResolvedKind, list_target, object_target,
-    resolve_among,
+    Cluster, KindName, PatchType, Propagation, Request, ResolvedKind, Target, list_target,
+    object_target, resolve_among,
 };
+use crate::audit::{Auditor, Change, Intent, ObjectRef as AuditRef, Verb};
 use crate::k8s::selector::{FieldSelector, LabelSelector};
 use crate::k8s::{ErrorCode, K8sError};
 use crate::metrics::METRICS;
@@ -118,9 +120,19 @@ struct Discovered {
     at: Option<Instant>,
 }
 
+/// What a delete found.
+enum Deleted {
+    /// Deleted (or its deletion started), with its UID when the answer named it.
+    Gone(Option<String>),
+    /// Not there: nothing to do.
+    Absent,
+}
+
 /// `k8s` commands against the real API server, reading declared kinds from caches.
 pub struct LiveCluster {
     client: Client,
+    /// Records every write ([`crate::audit`]); off unless [`LiveCluster::with_audit`].
+    audit: Auditor,
     caches: Vec<CachedKind>,
     discovered: tokio::sync::RwLock<Discovered>,
     /// Kinds whose uncached reads were warned about.
@@ -138,7 +150,15 @@ impl LiveCluster {
                 at: None,
             }),
             warned: Mutex::new(HashSet::new()),
+            audit: Auditor::default(),
         }
+    }
+
+    /// The same cluster with every write (apply, patch, create, delete) recorded by
+    /// `audit`.
+    #[must_use]
+    pub fn with_audit(self, audit: Auditor) -> Self {
+        Self { audit, ..self }
     }
 
     async fn discover(&self) -> Result<(), K8sError> {
@@ -427,26 +447,146 @@ impl LiveCluster {
             Request::Delete {
                 target,
                 propagation,
-            } => {
-                let kind = self.resolve_kind(&target.kind).await?;
-                let namespace = target.namespace.as_deref().filter(|_| kind.namespaced);
-                let text = object_target(&kind.kind, namespace, &target.name);
-                let params = match propagation {
-                    Propagation::Background => DeleteParams::background(),
-                    Propagation::Foreground => DeleteParams::foreground(),
-                    Propagation::Orphan => DeleteParams::orphan(),
-                };
-                match self
-                    .api(&kind, namespace)
-                    .delete(&target.name, &params)
-                    .await
-                {
-                    Ok(_) => Ok(Value::Null),
-                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(Value::Null),
-                    Err(e) => Err(map_error("delete", text, e)),
-                }
-            }
+            } => self.delete(target, *propagation).await.map(|_| Value::Null),
         }
+    }
+
+    /// Deletes one object: whether it was there (and its UID, when the answer names it).
+    async fn delete(&self, target: &Target, propagation: Propagation) -> Result<Deleted, K8sError> {
+        let kind = self.resolve_kind(&target.kind).await?;
+        let namespace = target.namespace.as_deref().filter(|_| kind.namespaced);
+        let text = object_target(&kind.kind, namespace, &target.name);
+        let params = match propagation {
+            Propagation::Background => DeleteParams::background(),
+            Propagation::Foreground => DeleteParams::foreground(),
+            Propagation::Orphan => DeleteParams::orphan(),
+        };
+        match self
+            .api(&kind, namespace)
+            .delete(&target.name, &params)
+            .await
+        {
+            Ok(either) => {
+                // The object (deletion pending) or a Status naming what went.
+                let uid = either.either(
+                    |object| object.metadata.uid,
+                    |status| status.details.map(|d| d.uid).filter(|u| !u.is_empty()),
+                );
+                Ok(Deleted::Gone(uid))
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(Deleted::Absent),
+            Err(e) => Err(map_error("delete", text, e)),
+        }
+    }
+
+    /// What an audit record says about `request` before it is sent: the verb, the
+    /// object (kinds resolved when discovery knows them, else as written) and the
+    /// change; `None` for reads.
+    async fn intent<'a>(&self, field_manager: &'a str, request: &'a Request) -> Option<Intent<'a>> {
+        let (verb, object, change, status, dry_run) = match request {
+            Request::Get { .. } | Request::List { .. } => return None,
+            Request::Apply {
+                object,
+                status,
+                dry_run,
+            } => (
+                Verb::Apply,
+                AuditRef::of(object),
+                Change::Object(object),
+                *status,
+                *dry_run,
+            ),
+            Request::Create { object, dry_run } => (
+                Verb::Create,
+                AuditRef::of(object),
+                Change::Object(object),
+                false,
+                *dry_run,
+            ),
+            Request::Patch {
+                target,
+                patch_type,
+                patch,
+                status,
+            } => (
+                Verb::Patch,
+                self.target_ref(target).await,
+                match patch_type {
+                    PatchType::Merge => Change::Merge(patch),
+                    PatchType::Json => Change::Json(patch),
+                },
+                *status,
+                false,
+            ),
+            Request::Delete { target, .. } => (
+                Verb::Delete,
+                self.target_ref(target).await,
+                Change::Whole,
+                false,
+                false,
+            ),
+        };
+        Some(Intent {
+            verb,
+            object,
+            change,
+            field_manager,
+            subresource: status.then_some("status"),
+            dry_run,
+        })
+    }
+
+    /// A target's reference for an audit record: its kind as discovery knows it, or as
+    /// the script wrote it when it cannot be resolved.
+    async fn target_ref(&self, target: &Target) -> AuditRef {
+        let (api_version, kind, namespaced) = match self.resolve_kind(&target.kind).await {
+            Ok(kind) => (kind.api_version(), kind.kind.clone(), kind.namespaced),
+            Err(_) => (
+                target.kind.api_version.clone().unwrap_or_default(),
+                target.kind.kind.clone(),
+                true,
+            ),
+        };
+        AuditRef {
+            api_version,
+            kind,
+            namespace: target.namespace.clone().filter(|_| namespaced),
+            name: target.name.clone(),
+            uid: None,
+        }
+    }
+
+    /// Runs a write with its audit record (reads, and every request while the audit
+    /// log is off, go straight to [`LiveCluster::run`]).
+    async fn audited(&self, field_manager: &str, request: &Request) -> Result<Value, K8sError> {
+        let intent = if self.audit.is_on() {
+            self.intent(field_manager, request).await
+        } else {
+            None
+        };
+        let Some(intent) = intent else {
+            return self.run(field_manager, request).await;
+        };
+        let pending = self.audit.begin(intent);
+        if let Request::Delete {
+            target,
+            propagation,
+        } = request
+        {
+            let result = self.delete(target, *propagation).await;
+            match &result {
+                Ok(Deleted::Gone(uid)) => pending.ok(uid.as_deref()),
+                Ok(Deleted::Absent) => pending.ok_unchanged(),
+                Err(e) => pending.failed(&e.to_string(), e.code.as_str()),
+            }
+            return result.map(|_| Value::Null);
+        }
+        let result = self.run(field_manager, request).await;
+        match &result {
+            Ok(answer) => pending.ok_object(answer),
+            Err(e) => pending.failed(&e.to_string(), e.code.as_str()),
+        }
+        result
     }
 
     /// The kind, namespace and name of an object to write.
@@ -531,7 +671,7 @@ impl Cluster for LiveCluster {
         field_manager: &'a str,
         request: &'a Request,
     ) -> BoxFuture<'a, Result<Value, K8sError>> {
-        Box::pin(self.run(field_manager, request))
+        Box::pin(self.audited(field_manager, request))
     }
 
     fn resolve<'a>(&'a self, kind: &'a KindName) -> BoxFuture<'a, Result<ResolvedKind, K8sError>> {

@@ -2,13 +2,15 @@
 //! guarded JSON Patches that add and remove the finalizer.
 //!
 //! [`next_step`], [`add_finalizer_patch`], [`remove_finalizer_patch`] and
-//! [`is_finalizer_conflict`] are pure; [`patch_finalizers`] does I/O (one PATCH).
+//! [`is_finalizer_conflict`] are pure; [`patch_finalizers`] does I/O (one PATCH, and
+//! its audit record).
 
 use kube::api::{Patch, PatchParams};
 use serde_json::Value;
 
 use super::error::ReconcileError;
 use super::{Context, object_value, text};
+use crate::audit::{Change, Intent, ObjectRef, Verb};
 
 /// The first thing the pipeline does with an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +102,9 @@ pub fn is_finalizer_conflict(message: &str) -> bool {
         || message.contains("no new finalizers can be added if the object is being deleted")
 }
 
-/// Applies a finalizer JSON Patch and returns the object as it now is. A 422 that
+/// Applies a finalizer JSON Patch (under the controller's field manager) and returns the
+/// object as it now is; `verb` says which ([`Verb::AddFinalizer`] or
+/// [`Verb::RemoveFinalizer`]) for the error and the audit record. A 422 that
 /// [`is_finalizer_conflict`] is turned into a 409, so the pipeline re-reads the object.
 ///
 /// # Errors
@@ -109,22 +113,45 @@ pub(crate) async fn patch_finalizers(
     ctx: &Context,
     object: &Value,
     patch: Value,
-    action: &'static str,
+    verb: Verb,
 ) -> Result<Value, ReconcileError> {
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| ReconcileError::Api {
-            action,
-            source: kube::Error::SerdeError(e),
-        })?;
+    let action = match verb {
+        Verb::AddFinalizer => "add finalizer",
+        _ => "remove finalizer",
+    };
+    let pending = ctx.audit.begin(Intent {
+        verb,
+        object: ObjectRef::of(object),
+        change: Change::Json(&patch),
+        field_manager: &ctx.field_manager,
+        subresource: None,
+        dry_run: false,
+    });
+    let patch: json_patch::Patch = match serde_json::from_value(patch) {
+        Ok(patch) => patch,
+        Err(e) => {
+            let source = kube::Error::SerdeError(e);
+            pending.failed(&source.to_string(), "invalid patch");
+            return Err(ReconcileError::Api { action, source });
+        }
+    };
     let api = ctx.api_for(object);
-    match api
+    let params = PatchParams {
+        field_manager: Some(ctx.field_manager.clone()),
+        ..PatchParams::default()
+    };
+    let result = api
         .patch(
             text(object, "/metadata/name"),
-            &PatchParams::default(),
+            &params,
             &Patch::Json::<()>(patch),
         )
-        .await
-    {
+        .await;
+    match &result {
+        Ok(updated) => pending.ok(updated.metadata.uid.as_deref()),
+        Err(e) => pending.failed(&e.to_string(), &crate::audit::kube_error_class(e)),
+    }
+    match result {
         Ok(updated) => Ok(object_value(&updated, &ctx.resource)),
         Err(kube::Error::Api(status))
             if status.code == 422 && is_finalizer_conflict(&status.message) =>

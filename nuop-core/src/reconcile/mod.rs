@@ -75,6 +75,9 @@ pub struct Context {
     /// What the script's `k8s` commands run against; none until the controller sets one
     /// (`with_cluster`).
     pub cluster: Option<Arc<dyn crate::cluster::Cluster>>,
+    /// Records the write-back, status and finalizer writes ([`crate::audit`]); off until
+    /// the controller sets one (`with_audit`).
+    pub audit: crate::audit::Auditor,
 }
 
 impl Context {
@@ -109,7 +112,14 @@ impl Context {
             namespaced,
             has_status,
             cluster: None,
+            audit: crate::audit::Auditor::default(),
         }
+    }
+
+    /// The same context with its writes recorded by `audit`.
+    #[must_use]
+    pub fn with_audit(self, audit: crate::audit::Auditor) -> Self {
+        Self { audit, ..self }
     }
 
     /// The same context with `k8s` commands served by `cluster`.
@@ -317,7 +327,7 @@ async fn reconcile_once(object: &Value, ctx: &Context) -> Result<Action, Reconci
                 ctx,
                 object,
                 add_finalizer_patch(object, finalizer),
-                "add finalizer",
+                crate::audit::Verb::AddFinalizer,
             )
             .await?;
             publish(
@@ -373,7 +383,7 @@ pub(crate) async fn run_finalize(object: &Value, ctx: &Context) -> Result<Action
         return Ok(Action::await_change());
     };
     if let Some(patch) = remove_finalizer_patch(object, finalizer) {
-        match patch_finalizers(ctx, object, patch, "remove finalizer").await {
+        match patch_finalizers(ctx, object, patch, crate::audit::Verb::RemoveFinalizer).await {
             Ok(_) => {}
             // Gone already: someone else removed the last finalizer.
             Err(ReconcileError::Api { source, .. }) if is_not_found(&source) => {}

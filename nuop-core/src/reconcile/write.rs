@@ -2,7 +2,8 @@
 //! and the requests that send them.
 //!
 //! [`plan_write`], [`is_whole`], [`merge_diff`] and [`check_answer`] are pure;
-//! [`write`] does I/O (a PATCH of the object, then a PATCH of its status subresource).
+//! [`write`] does I/O (a PATCH of the object, then a PATCH of its status subresource,
+//! each with its audit record).
 //!
 //! # The rule
 //!
@@ -36,13 +37,14 @@
 //!
 //! The four cases are tested against the API server in `tests/writes.rs`.
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use serde_json::{Map, Value};
 
 use super::error::ReconcileError;
 use super::events::publish;
 use super::{Context, text};
+use crate::audit::{Change, Intent, ObjectRef, Pending, Verb};
 
 /// Metadata fields the server owns: never written, whatever the answer says
 /// (`echoes_and_server_fields_are_no_change`).
@@ -264,13 +266,15 @@ pub(crate) async fn write(
     };
     let mut resource_version = None;
     if let Some(patch) = plan.main {
-        let updated = api
-            .patch(name, &params, &Patch::Merge(&patch))
-            .await
-            .map_err(|source| ReconcileError::Api {
-                action: "patch object",
-                source,
-            })?;
+        let pending = ctx
+            .audit
+            .begin(intent(ctx, object, Verb::WriteBack, &patch));
+        let result = api.patch(name, &params, &Patch::Merge(&patch)).await;
+        audited(pending, &result);
+        let updated = result.map_err(|source| ReconcileError::Api {
+            action: "patch object",
+            source,
+        })?;
         resource_version = updated.metadata.resource_version;
         publish(
             ctx,
@@ -285,12 +289,15 @@ pub(crate) async fn write(
         if let Some(rv) = resource_version {
             patch["metadata"]["resourceVersion"] = Value::String(rv);
         }
-        api.patch_status(name, &params, &Patch::Merge(&patch))
-            .await
-            .map_err(|source| ReconcileError::Api {
-                action: "patch status",
-                source,
-            })?;
+        let pending = ctx
+            .audit
+            .begin(intent(ctx, object, Verb::WriteStatus, &patch));
+        let result = api.patch_status(name, &params, &Patch::Merge(&patch)).await;
+        audited(pending, &result);
+        result.map_err(|source| ReconcileError::Api {
+            action: "patch status",
+            source,
+        })?;
         publish(
             ctx,
             object,
@@ -301,6 +308,26 @@ pub(crate) async fn write(
         );
     }
     Ok(())
+}
+
+/// The audit record of one write-back patch of `object`.
+fn intent<'a>(ctx: &'a Context, object: &Value, verb: Verb, patch: &'a Value) -> Intent<'a> {
+    Intent {
+        verb,
+        object: ObjectRef::of(object),
+        change: Change::Merge(patch),
+        field_manager: &ctx.field_manager,
+        subresource: None,
+        dry_run: false,
+    }
+}
+
+/// Finishes the audit record of one write with the API server's answer.
+fn audited(pending: Pending, result: &Result<DynamicObject, kube::Error>) {
+    match result {
+        Ok(updated) => pending.ok(updated.metadata.uid.as_deref()),
+        Err(e) => pending.failed(&e.to_string(), &crate::audit::kube_error_class(e)),
+    }
 }
 
 #[cfg(test)]

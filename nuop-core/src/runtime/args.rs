@@ -47,6 +47,26 @@ pub struct OperateArgs {
     pub shutdown_timeout: Duration,
 }
 
+/// Where the audit trail goes ([`crate::audit`]): the flag of the binaries that run
+/// scripts (nuop-standard, nuop-managed), flattened beside [`OperateArgs`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuditArgs {
+    /// Audit records of every write made for a script, as JSON lines: `off`, `-` (or
+    /// `stdout`; logs go to stderr), or a file path (appended to).
+    #[arg(long, env = "NUOP_AUDIT_LOG", default_value = "off")]
+    pub audit_log: String,
+}
+
+impl AuditArgs {
+    /// Opens the audit log the flag names.
+    ///
+    /// # Errors
+    /// When the file cannot be opened; the message names the flag and the file.
+    pub fn open(&self) -> Result<crate::audit::AuditLog, String> {
+        crate::audit::AuditLog::open(&crate::audit::AuditTarget::parse(&self.audit_log))
+    }
+}
+
 /// What [`operate`] needs, resolved and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeOptions {
@@ -186,6 +206,31 @@ mod tests {
         let mut all = vec!["test"];
         all.extend_from_slice(args);
         Cli::try_parse_from(all).expect("parse").operate
+    }
+
+    #[test]
+    fn the_audit_log_is_off_unless_named() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            audit: AuditArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("nuop").chain(args.iter().copied()))
+                .expect("parses")
+                .audit
+        };
+        assert!(!parse(&[]).open().expect("off").is_on());
+        assert!(parse(&["--audit-log", "-"]).open().expect("stdout").is_on());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("audit.jsonl");
+        let file = file.to_str().expect("utf-8");
+        assert!(parse(&["--audit-log", file]).open().expect("file").is_on());
+        let missing = dir.path().join("no/such/dir/audit.jsonl");
+        let error = parse(&["--audit-log", missing.to_str().expect("utf-8")])
+            .open()
+            .expect_err("no such directory");
+        assert!(error.starts_with("--audit-log: cannot open"), "{error}");
     }
 
     #[test]
