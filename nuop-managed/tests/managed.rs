@@ -66,6 +66,9 @@ struct Managed {
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), String>>,
     _cache: tempfile::TempDir,
+    /// The audit log every run writes (`<tmp>/audit.jsonl`).
+    audit: std::path::PathBuf,
+    _audit_dir: tempfile::TempDir,
 }
 
 impl Managed {
@@ -104,8 +107,14 @@ impl Managed {
             load_timeout: LOAD_TIMEOUT,
         };
         let readiness = Readiness::new();
+        let audit_dir = tempfile::tempdir().expect("tempdir");
+        let audit = audit_dir.path().join("audit.jsonl");
         let options = ControllerOptions {
             readiness: readiness.clone(),
+            audit: nuop_core::audit::AuditLog::open(&nuop_core::audit::AuditTarget::File(
+                audit.clone(),
+            ))
+            .expect("open the audit log"),
             ..ControllerOptions::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -123,6 +132,8 @@ impl Managed {
             stop: Some(stop),
             handle,
             _cache: cache,
+            audit,
+            _audit_dir: audit_dir,
         }
     }
 
@@ -340,7 +351,7 @@ async fn an_original_nuop_source_with_an_absolute_path_runs() {
     let api: Api<ConfigMap> = env.api();
     let repo = Repo::new();
     repo.write("scripts/stamper/mod.nu", &stamper(&env.namespace, "orig"));
-    repo.commit("first");
+    let commit = repo.commit("first");
     let daemon = Daemon::serve(repo.tmp.path());
     let managed = Managed::start(
         &env,
@@ -353,6 +364,18 @@ async fn an_original_nuop_source_with_an_absolute_path_runs() {
     .await;
     create(&api, "original", "x").await;
     annotation_becomes(&api, "original", "nuop.dev/stamp", "orig").await;
+    // The write-back's audit record names the commit the controller runs.
+    let record = eventually("the write-back's audit record", LIMIT, || async {
+        std::fs::read_to_string(&managed.audit)
+            .ok()?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["verb"] == "write_back" && r["object"]["name"] == "original")
+    })
+    .await;
+    assert_eq!(record["revision"], commit.as_str(), "{record}");
+    assert_eq!(record["controller"], "stamper");
+    assert_eq!(record["result"], "ok");
     managed.stop().await;
 }
 
