@@ -11,7 +11,8 @@
 //! `#` starts a comment line. Principals are kept for messages but do not restrict
 //! anything: git's own check does not tie them to the committer either. Of the
 //! options, `namespaces="…"` is honoured (a key limited to other namespaces than `git`
-//! never verifies a commit); `cert-authority`, `valid-after` and `valid-before` are
+//! does not verify a commit: test
+//! `unsigned_unknown_tampered_and_foreign_signatures_are_rejected` in nuop-managed); `cert-authority`, `valid-after` and `valid-before` are
 //! refused, not ignored, because ignoring them would accept what they exclude.
 
 use std::fmt;

@@ -8,7 +8,8 @@
 //! then needs none: signing a release tag vouches for the commit it points at); an
 //! unsigned annotated tag, a lightweight tag, a branch or a commit id leave the check
 //! to the commit's own signature. A tag whose signature fails rejects the revision
-//! even if the commit is signed: a bad signature is never ignored.
+//! even if the commit is signed: a bad signature is not ignored (test
+//! `a_signed_tag_vouches_for_its_commit_an_unsigned_one_does_not`).
 
 use nuop_crd::signers::{AllowedSigner, GIT_NAMESPACE, fingerprint};
 

@@ -6,7 +6,7 @@
 //! removing a key applies at the next sync without a restart, and a commit rejected for
 //! an unknown key is accepted once its key is added (test
 //! `keys_rotate_through_the_config_map_without_a_gap` in `tests/managed.rs`). Keys are
-//! public: a ConfigMap, never a Secret.
+//! public: they come from a ConfigMap (the CRD has no Secret reference for them).
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};

@@ -1,7 +1,9 @@
 //! Managed mode in-process against the real control plane: scripts from a git
 //! repository served by `git daemon` reconcile ConfigMaps in the test's namespace; new
 //! commits are hot-reloaded, broken ones (a parse error, a top level that hangs) rejected, an unreachable source keeps the last
-//! good revision running.
+//! good revision running. Signed sources (issue 19 item 1): real SSH-signed commits and
+//! tags made with ssh-keygen and git in the test; unsigned, unknown-key and tampered
+//! commits are rejected, and keys rotate through a ConfigMap without a gap.
 
 mod common;
 

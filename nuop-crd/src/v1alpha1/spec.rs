@@ -181,7 +181,7 @@ pub struct Verify {
 }
 
 /// The public keys whose SSH signatures are accepted: inline, from a ConfigMap, or
-/// both (the union). Public keys only; they are not secret, so never a Secret.
+/// both (the union). Public keys only; they are not secret, so there is no Secret reference.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
