@@ -235,10 +235,10 @@ async fn start_chromedriver(logs: &Path) -> Driver {
         .kill_on_drop(true)
         .spawn()
         .expect("start chromedriver");
-    eventually("chromedriver to answer /status", LIMIT, || async {
-        http_get(address, "/status")
-            .await
-            .filter(|(code, _)| *code == 200)
+    // chromedriver keeps connections open after answering, so a plain GET that reads
+    // to the end would wait: accepting a connection is the sign it listens.
+    eventually("chromedriver to listen", LIMIT, || async {
+        tokio::net::TcpStream::connect(address).await.ok()
     })
     .await;
     Driver {

@@ -24,7 +24,6 @@ pub mod view;
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -74,7 +73,7 @@ struct Inner {
     controllers: Mutex<BTreeMap<String, Arc<Entry>>>,
     managed: Mutex<Option<Managed>>,
     tail: broadcast::Sender<Arc<Record>>,
-    ids: Arc<AtomicU64>,
+    ids: Arc<Mutex<u64>>,
 }
 
 impl std::fmt::Debug for Console {
@@ -92,14 +91,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One controller as the console knows it: what it is, its cache, the triggers
 /// waiting for its objects and its last records. Held by the controller's reconcile
-/// context; every method is quick and never waits.
+/// context; its methods are synchronous and take only `std` locks for a lookup or a
+/// push, so no lock is ever held across an `.await`.
 pub struct Entry {
     info: ControllerInfo,
     stores: Mutex<Vec<Store<DynamicObject>>>,
     journal: Mutex<Journal>,
     pending: Mutex<Pending>,
     tail: broadcast::Sender<Arc<Record>>,
-    ids: Arc<AtomicU64>,
+    /// The last id given, process-wide: held while a record is numbered, pushed and
+    /// sent, so ids reach the rings and the tail in order (a tail skips ids it has
+    /// passed).
+    ids: Arc<Mutex<u64>>,
 }
 
 /// How one reconcile ended, for [`Entry::finish`].
@@ -172,8 +175,8 @@ impl Entry {
             Some((category, message)) => (Some(category.to_string()), Some(message)),
             None => (None, None),
         };
-        let record = Arc::new(Record {
-            id: self.ids.fetch_add(1, Ordering::Relaxed) + 1,
+        let mut record = Record {
+            id: 0,
             controller: self.info.name.clone(),
             kind: self.info.kind.clone(),
             namespace: done.namespace.to_string(),
@@ -188,9 +191,13 @@ impl Entry {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             duration_ms: done.duration.as_secs_f64() * 1000.0,
             lines: done.capture.into_lines(),
-        });
+        };
+        let mut last = lock(&self.ids);
+        *last += 1;
+        record.id = *last;
+        let record = Arc::new(record);
         lock(&self.journal).push(record.clone());
-        // Err only means nobody is tailing.
+        // Never waits (a full channel drops its oldest); Err only means nobody tails.
         let _ = self.tail.send(record);
     }
 
@@ -270,7 +277,7 @@ impl Console {
                 controllers: Mutex::default(),
                 managed: Mutex::default(),
                 tail,
-                ids: Arc::new(AtomicU64::new(0)),
+                ids: Arc::new(Mutex::new(0)),
             }),
         }
     }
