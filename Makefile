@@ -45,8 +45,12 @@ $(HADOLINT):
 	@$(HADOLINT) --version >/dev/null
 
 # Debian packages the tests use, installed by `make test-deps` when missing:
-# libxml2-utils (xmllint: the JUnit report is validated against its XSD).
-APT_PACKAGES   ?= libxml2-utils
+# libxml2-utils (xmllint: the JUnit report is validated against its XSD); chromium and
+# chromium-driver (the console's browser test, nuop-standard/tests/console.rs).
+APT_PACKAGES   ?= libxml2-utils chromium chromium-driver
+# promtool (`promtool check rules` on config/prometheus/rules.yaml), unpacked from
+# Debian's prometheus package rather than installed, so no Prometheus service is set up.
+PROMTOOL       ?= $(TOOLS_DIR)/prometheus/usr/bin/promtool
 SUDO           := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: test-deps
@@ -56,6 +60,13 @@ test-deps: ## Install the Debian packages the tests need (skipped when present).
 	    echo "installing $$missing from Debian's packages" >&2; \
 	    $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi
+	@if [ ! -x $(PROMTOOL) ] && ! command -v promtool >/dev/null; then \
+	  echo "unpacking promtool from Debian's prometheus package into $(TOOLS_DIR)/prometheus" >&2; \
+	  work=$$(mktemp -d); chmod 755 "$$work"; \
+	  (cd "$$work" && { apt-get download -qq prometheus 2>/dev/null || { $(SUDO) apt-get update -qq && apt-get download -qq prometheus; }; }) && \
+	  mkdir -p $(TOOLS_DIR)/prometheus && dpkg-deb -x "$$work"/prometheus_*.deb $(TOOLS_DIR)/prometheus; \
+	  rm -rf "$$work"; $(PROMTOOL) --version >/dev/null; \
+	fi
 
 .PHONY: control-plane
 control-plane: ## Start (or reuse) the local control plane; prints the kubeconfig path.
@@ -121,6 +132,8 @@ BENCH_OBJECTS ?= 1000
 # An older nuop-standard binary to measure beside this one (variant `baseline`), e.g. one
 # built from the commit before a change: `make bench-e2e BENCH_BASELINE=/path/nuop-standard`.
 BENCH_BASELINE ?=
+# More arguments for the e2e bench, e.g. `--workloads label --variants reference,embedded,embedded-console`.
+BENCH_ARGS ?=
 
 .PHONY: bench-e2e
 bench-e2e: tools ## nuop next to hand-written kube-rs controllers on the local control plane: the label workload, then the replicator workload.
@@ -130,7 +143,7 @@ bench-e2e: tools ## nuop next to hand-written kube-rs controllers on the local c
 	  NUOP_NU=$(NU) $(CARGO) bench --workspace --profile $(PROFILE) --bench e2e -- \
 	    --objects $(BENCH_OBJECTS) --nuop-standard $(TARGET_DIR)/$(PROFILE)/nuop-standard \
 	    --nuop-managed $(TARGET_DIR)/$(PROFILE)/nuop-managed \
-	    $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
+	    $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE)) $(BENCH_ARGS)
 
 ##@ Deployment
 

@@ -16,13 +16,16 @@
 //! records every write as an Event by default, one more etcd write per change that the
 //! reference does not make. `managed` is `nuop-managed` fetching the same script from a
 //! git repository (file://) with the configuration the manager writes for a NuOperator.
+//! `embedded-console` is the embedded executor with the console on
+//! (`--console-bind-address 127.0.0.1:0`): every reconcile recorded, to show that
+//! recording costs no throughput (issue 16).
 //!
 //! The replicator workload (`e2e/replicator.rs`) follows in the same run: config-replicator's
 //! work (50 sources x 10 namespaces) by nuop's new replicator (embedded and process
 //! executor), the kubectl-style replicator and a hand-written kube-rs replicator.
 //!
 //! Arguments: `--workloads label,replicator` (both), `--objects N` (1000), `--updates N` (100), `--variants a,b,c`
-//! (`embedded,embedded-no-events,process,managed,reference`), `--nuop-standard PATH`
+//! (`embedded,embedded-console,embedded-no-events,process,managed,reference`), `--nuop-standard PATH`
 //! and `--nuop-managed PATH` (default: the ones `cargo test --profile ci` built beside this bench),
 //! `--concurrency N` (8, the same for every variant), `--baseline PATH` (an older
 //! `nuop-standard`, measured as variant `baseline` with the embedded executor beside
@@ -94,6 +97,7 @@ fn parse_args(args: &[String]) -> Args {
         updates: 100,
         variants: [
             "embedded",
+            "embedded-console",
             "embedded-no-events",
             "process",
             "managed",
@@ -295,6 +299,13 @@ fn spawn_controller(
         };
         let mut c = tokio::process::Command::new(binary);
         c.arg("--scripts").arg(&scripts);
+        let variant = match variant.strip_suffix("-console") {
+            Some(executor) => {
+                c.args(["--console-bind-address", "127.0.0.1:0"]);
+                executor
+            }
+            None => variant,
+        };
         // `embedded-no-events`: the embedded executor without Normal Events for writes.
         let (executor, write_events) = match variant.strip_suffix("-no-events") {
             Some(executor) => (executor, "false"),

@@ -45,6 +45,9 @@ pub struct ControllerOptions {
     /// Where audit records of the controllers' writes go (off by default); managed mode
     /// sets the revision per controller ([`crate::audit::AuditLog::with_revision`]).
     pub audit: crate::audit::AuditLog,
+    /// Where reconciles are recorded for the console (`--console-bind-address`); none
+    /// records nothing.
+    pub console: Option<crate::console::Console>,
 }
 
 impl Default for ControllerOptions {
@@ -55,6 +58,7 @@ impl Default for ControllerOptions {
             write_events: true,
             informers: Informers::default(),
             audit: crate::audit::AuditLog::default(),
+            console: None,
         }
     }
 }
@@ -237,6 +241,15 @@ pub async fn run_with_backoff(
     ));
 
     let name = config.name.clone();
+    let console = options.console.as_ref().map(|console| {
+        let entry = console.register(crate::console::view::ControllerInfo::from_config(
+            &config,
+            namespaced,
+            runner.kind().as_str(),
+        ));
+        entry.set_stores(stores.clone());
+        entry
+    });
     let ctx = Arc::new(
         Context::new(
             config,
@@ -249,7 +262,8 @@ pub async fn run_with_backoff(
         )
         .with_backoff_base(backoff_base)
         .with_cluster(cluster)
-        .with_audit(auditor),
+        .with_audit(auditor)
+        .with_console(console.clone()),
     );
     // Each watch reports its own first list (InitDone) to `first_lists`. Waiting on
     // `Store::wait_until_ready` from a second task does not work: kube-runtime's store
@@ -286,6 +300,7 @@ pub async fn run_with_backoff(
             // Related changes reach this controller only for primaries its store holds.
             let related_triggers = routes.add(namespace.clone(), reader.clone());
             let first_lists = first_lists.clone();
+            let console = console.clone();
             let mut seen = false;
             // managedFields are dropped as objects arrive: often half of a small object,
             // they would be cached for every object and sent to every script call.
@@ -298,7 +313,17 @@ pub async fn run_with_backoff(
                         first_lists.done();
                     }
                 })
-                .applied_objects();
+                .applied_objects()
+                // The object's own event: the reason for its next reconcile (console).
+                .inspect(move |object| {
+                    if let (Some(entry), Ok(object)) = (&console, object) {
+                        entry.mark(
+                            object.metadata.namespace.as_deref(),
+                            object.metadata.name.as_deref().unwrap_or_default(),
+                            crate::console::journal::Trigger::OwnEvent,
+                        );
+                    }
+                });
             Controller::for_stream_with(trigger, reader, resource.clone())
                 .reconcile_on(related_triggers.refs)
                 .reconcile_all_on(related_triggers.all)
@@ -356,6 +381,9 @@ pub async fn run_with_backoff(
     .await;
     // Held until the controller stops; dropping the last subscription stops a watch.
     drop(reads);
+    if let (Some(console), Some(entry)) = (&options.console, &console) {
+        console.unregister(entry);
+    }
     METRICS.forget_controller(&name);
     info!(controller = %name, "controller stopped");
 }
@@ -412,6 +440,9 @@ async fn report_cache(
     loop {
         gauge.set(stores.iter().map(|s| s.state().len()).sum::<usize>() as i64);
         prune_backoff(&ctx.backoff, &stores);
+        if let Some(entry) = &ctx.console {
+            entry.prune();
+        }
         tokio::select! {
             () = tokio::time::sleep(CACHE_GAUGE_INTERVAL) => {}
             () = shutdown.clone() => return,

@@ -25,6 +25,8 @@ pub struct Readiness {
     controllers: Mutex<BTreeMap<String, bool>>,
     /// Where the count of synced controllers goes (`nuop_controllers_synced`).
     synced_gauge: IntGauge,
+    /// Where the count of registered controllers goes (`nuop_controllers`).
+    registered_gauge: IntGauge,
     /// Why an unsynced controller is still waiting, when it knows (a kind not served).
     notes: Mutex<BTreeMap<String, String>>,
     stopping: AtomicBool,
@@ -38,6 +40,7 @@ impl Default for Readiness {
         Self {
             controllers: Mutex::default(),
             synced_gauge: METRICS.controllers_synced.clone(),
+            registered_gauge: METRICS.controllers.clone(),
             notes: Mutex::default(),
             stopping: AtomicBool::default(),
             blocker: Mutex::default(),
@@ -53,7 +56,9 @@ impl Readiness {
 
     /// Registers a controller that must sync before the process is ready.
     pub fn register(&self, controller: &str) {
-        self.lock().entry(controller.to_string()).or_insert(false);
+        let mut controllers = self.lock();
+        controllers.entry(controller.to_string()).or_insert(false);
+        self.count_synced(&controllers);
     }
 
     /// Sets or clears why an unsynced controller is waiting, shown by [`Readiness::check`].
@@ -88,6 +93,20 @@ impl Readiness {
     fn count_synced(&self, controllers: &BTreeMap<String, bool>) {
         self.synced_gauge
             .set(controllers.values().filter(|s| **s).count() as i64);
+        self.registered_gauge.set(controllers.len() as i64);
+    }
+
+    /// Whether `controller` has synced and, if not, what it waits for; `None` when it
+    /// is not registered (for the console).
+    pub fn controller(&self, controller: &str) -> Option<(bool, Option<String>)> {
+        let synced = *self.lock().get(controller)?;
+        let note = self
+            .notes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(controller)
+            .cloned();
+        Some((synced, note))
     }
 
     /// Marks the process as stopping: never ready again.
@@ -289,16 +308,20 @@ mod tests {
     fn removing_a_controller_updates_the_synced_gauge() {
         // A private gauge: the process-wide one is shared with parallel tests.
         let gauge = IntGauge::new("unit_synced", "test").expect("gauge");
+        let registered = IntGauge::new("unit_registered", "test").expect("gauge");
         let r = Readiness {
             synced_gauge: gauge.clone(),
+            registered_gauge: registered.clone(),
             ..Readiness::default()
         };
         r.register("a");
+        r.register("c");
+        assert_eq!((gauge.get(), registered.get()), (0, 2));
         r.mark_synced("a");
         r.mark_synced("b");
-        assert_eq!(gauge.get(), 2);
+        assert_eq!((gauge.get(), registered.get()), (2, 3));
         r.remove("a");
-        assert_eq!(gauge.get(), 1);
+        assert_eq!((gauge.get(), registered.get()), (1, 2));
     }
 
     #[test]

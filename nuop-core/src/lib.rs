@@ -15,6 +15,8 @@
 //! - [`root`]: loading a scripts root (every `*/mod.nu` under it), for both modes.
 //! - [`standard`]: standard mode, one controller per script under a root.
 //! - [`health`], [`metrics`]: probes and Prometheus metrics.
+//! - [`console`]: the read-only console (`--console-bind-address`): pages, live tail,
+//!   `/debug/` JSON.
 //! - [`leader`]: leader election with a coordination.k8s.io Lease.
 //! - [`runtime`]: the operated process: probes, metrics, leader election and graceful
 //!   shutdown around a binary's controllers.
@@ -29,6 +31,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod console;
 pub mod controller;
 pub mod devtools;
 pub mod harness;

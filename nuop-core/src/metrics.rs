@@ -90,6 +90,10 @@ pub struct Metrics {
     /// Times a controller fell behind a shared watch's changes and reconciled every
     /// object instead, by controller and kind.
     pub informer_lagged: IntCounterVec,
+    // --- console (issue 16) ---
+    /// Controllers registered (running or starting): `nuop_controllers_synced` below it
+    /// means some have not listed yet (alert NuopControllersNotSynced).
+    pub controllers: IntGauge,
     // --- k8s commands (issue 13, H2) ---
     /// `k8s get`/`k8s list` reads that went to the API server (an undeclared kind, a
     /// read no cache covers, or `--live`), by controller and kind.
@@ -241,6 +245,11 @@ impl Metrics {
                 "nuop_informer_lagged_total",
                 "Times a controller fell behind a shared watch and reconciled everything instead.",
                 &["controller", "kind"],
+            ),
+            // --- console (issue 16) ---
+            controllers: gauge(
+                "nuop_controllers",
+                "Controllers registered (running or starting); compare nuop_controllers_synced.",
             ),
             // --- k8s commands (issue 13, H2) ---
             k8s_uncached_reads: counter(

@@ -382,20 +382,66 @@ pub async fn route_changes(
                 );
                 lagged.inc();
                 filter.seed(subscriptions[i].store().state());
+                if let Some(entry) = &ctx.console {
+                    entry.mark_all(&cause(related.list, &related.resource.kind, None));
+                }
                 routes.wake_all();
                 Vec::new()
             }
         };
         for object in woken {
+            let trigger = ctx
+                .console
+                .as_ref()
+                .map(|_| cause(related.list, &related.resource.kind, Some(&object)));
+            // Marked before the wake, so the reconcile it starts finds its reason.
+            let mark = |refs: &[PrimaryRef]| {
+                if let (Some(entry), Some(trigger)) = (&ctx.console, &trigger) {
+                    for r in refs {
+                        entry.mark(r.namespace.as_deref(), &r.name, trigger.clone());
+                    }
+                }
+            };
             match map_object(&related.entry.map, &object, &routes.primary) {
-                Wake::Refs(refs) => routes.wake(&refs),
-                Wake::All => routes.wake_all(),
+                Wake::Refs(refs) => {
+                    mark(&refs);
+                    routes.wake(&refs);
+                }
+                Wake::All => {
+                    if let (Some(entry), Some(trigger)) = (&ctx.console, &trigger) {
+                        entry.mark_all(trigger);
+                    }
+                    routes.wake_all();
+                }
                 Wake::Script => {
                     let refs = map_by_script(&ctx, &object, &related.resource).await;
+                    mark(&refs);
                     routes.wake(&refs);
                 }
             }
         }
+    }
+}
+
+/// The console's trigger for a change of a related object: a child for `owns`, a
+/// related object otherwise (without one: every primary was woken).
+fn cause(
+    list: ListKind,
+    kind: &str,
+    object: Option<&DynamicObject>,
+) -> crate::console::journal::Trigger {
+    let object = object
+        .map(|o| {
+            crate::console::journal::object_key(
+                o.metadata.namespace.as_deref().unwrap_or_default(),
+                o.metadata.name.as_deref().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    let kind = kind.to_string();
+    match list {
+        ListKind::Owns => crate::console::journal::Trigger::Child { kind, object },
+        _ => crate::console::journal::Trigger::Related { kind, object },
     }
 }
 

@@ -421,6 +421,40 @@ pub async fn create_crd(
     .unwrap_or_else(|e| panic!("cannot watch the CRD {name}: {e}"));
 }
 
+/// The metric families the Grafana dashboard and the alert rules in
+/// `config/prometheus/` refer to, histograms by their family name (`_bucket`, `_sum`
+/// and `_count` removed): what a live `/metrics` must offer for them to show anything.
+///
+/// # Panics
+/// When the files cannot be read.
+pub fn prometheus_referenced_metrics() -> std::collections::BTreeSet<String> {
+    let names = regex::Regex::new(r"\bnuop_[a-z_]+").expect("a valid pattern");
+    let mut out = std::collections::BTreeSet::new();
+    for file in ["dashboard.json", "rules.yaml"] {
+        let path = repo_root().join("config/prometheus").join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        for name in names.find_iter(&text) {
+            let name = name.as_str();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            out.insert(family.to_string());
+        }
+    }
+    out
+}
+
+/// The metric families a Prometheus text exposition (`/metrics`) declares (`# TYPE`).
+pub fn exposed_metrics(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `limit` saying
 /// what was awaited.
 ///

@@ -94,6 +94,14 @@ fn main() -> anyhow::Result<()> {
         let client = kube::Client::try_default().await?;
         let readiness = Readiness::new();
         let termination = shutdown_signal(nuop_core::telemetry::termination());
+        let console = nuop_core::console::start(
+            "nuop-managed",
+            options.console_bind_address,
+            options.console_history,
+            readiness.clone(),
+            termination.clone(),
+        )
+        .await?;
         let controller_options = ControllerOptions {
             concurrency: cli.concurrency,
             readiness: readiness.clone(),
@@ -101,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             // One registry per process: every controller shares its watches.
             informers: nuop_core::informers::Informers::default(),
             audit,
+            console,
         };
         let stopped = operate(
             client.clone(),

@@ -58,6 +58,49 @@ pub fn desired(
     (sources, mappings)
 }
 
+/// The console's view of the same status: sources as reported, and each mapping with
+/// its kind (pure).
+pub fn console_view(
+    status: &(Vec<SourceStatus>, Vec<MappingStatus>),
+    mappings: &[Mapping],
+) -> nuop_core::console::view::Managed {
+    use nuop_core::console::view::{Managed, MappingView, SourceView};
+    let sources = status
+        .0
+        .iter()
+        .map(|s| SourceView {
+            location: s.location.clone(),
+            revision: s.revision.clone(),
+            last_sync: s.last_sync_time.as_ref().map(|t| t.0.to_string()),
+            last_error: s.last_error.clone(),
+        })
+        .collect();
+    let mappings = status
+        .1
+        .iter()
+        .map(|m| {
+            let spec = mappings.iter().find(|s| s.name == m.name);
+            MappingView {
+                name: m.name.clone(),
+                api_version: spec
+                    .map(|s| {
+                        if s.group.is_empty() {
+                            s.version.clone()
+                        } else {
+                            format!("{}/{}", s.group, s.version)
+                        }
+                    })
+                    .unwrap_or_default(),
+                kind: spec.map(|s| s.kind.clone()).unwrap_or_default(),
+                running: m.running,
+                restarting: m.restarting,
+                message: m.message.clone(),
+            }
+        })
+        .collect();
+    Managed { sources, mappings }
+}
+
 fn time(at: SystemTime) -> Option<Time> {
     k8s_openapi::jiff::Timestamp::try_from(at).ok().map(Time)
 }
@@ -166,5 +209,27 @@ mod tests {
             mappings[1].message.as_deref(),
             Some("2 mappings are named `dup`")
         );
+    }
+
+    #[test]
+    fn the_console_sees_sources_and_mappings_with_their_kinds() {
+        let sources = [SourceState {
+            location: "git://h/a.git".into(),
+            last_error: Some("unreachable".into()),
+            last_sync: Some(SystemTime::UNIX_EPOCH),
+            ..SourceState::default()
+        }];
+        let mappings = [Mapping::new("a", "v1", "ConfigMap")];
+        let running = BTreeSet::from(["a".to_string()]);
+        let status = desired(&sources, &mappings, &running, &BTreeSet::new(), &[]);
+        let view = console_view(&status, &mappings);
+        assert_eq!(view.sources[0].last_error.as_deref(), Some("unreachable"));
+        assert_eq!(
+            view.sources[0].last_sync.as_deref(),
+            Some("1970-01-01T00:00:00Z")
+        );
+        assert_eq!(view.mappings[0].kind, "ConfigMap");
+        assert_eq!(view.mappings[0].api_version, "v1");
+        assert!(view.mappings[0].running);
     }
 }

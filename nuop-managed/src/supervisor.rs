@@ -185,6 +185,9 @@ impl Supervisor {
             &self.restarting(),
             &self.problems,
         );
+        if let Some(console) = &self.options.console {
+            console.set_managed(status::console_view(&desired, &self.mappings));
+        }
         if let Some(writer) = &mut self.status {
             writer.write(desired).await;
         }

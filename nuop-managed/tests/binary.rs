@@ -2,7 +2,8 @@
 //! `nuop.yaml` the manager writes for a NuOperator (`ManagedConfig::for_operator`):
 //! probes, metrics, a script fetched over https (smart HTTP, private CA) with a token
 //! read from a Secret reconciling, the token never in logs, the cache or a script's
-//! environment, and a clean exit on SIGTERM.
+//! environment (nor in its console), and a clean exit on SIGTERM. Its live `/metrics`
+//! offers the source metrics the dashboard and alerts in `config/prometheus/` use.
 
 mod common;
 
@@ -93,9 +94,12 @@ async fn the_binary_fetches_over_https_with_a_token_and_never_leaks_it() {
     let cache = tmp.path().join("cache");
     let log = tmp.path().join("managed.log");
     let (probes, metrics) = (common::free_port(), common::free_port());
+    let console = common::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_nuop-managed"))
         .arg(format!("--health-probe-bind-address=127.0.0.1:{probes}"))
         .arg(format!("--metrics-bind-address=127.0.0.1:{metrics}"))
+        // Only a port: the console binds 127.0.0.1.
+        .arg(format!("--console-bind-address=:{console}"))
         .env("NUOP_CONFIG", &config)
         .env("NUOP_CACHE_DIR", &cache)
         .env("NUOP_SECRETS_DIR", tmp.path().join("no-mounted-secrets"))
@@ -150,6 +154,48 @@ async fn the_binary_fetches_over_https_with_a_token_and_never_leaks_it() {
         (count >= 3).then_some(())
     })
     .await;
+
+    // The source metrics the dashboard and the alerts refer to are exposed.
+    let (_, exposition) = http_get(local(metrics), "/metrics")
+        .await
+        .expect("/metrics");
+    let exposed = nuop_core::testing::exposed_metrics(&exposition);
+    for name in nuop_core::testing::prometheus_referenced_metrics()
+        .iter()
+        .filter(|m| m.starts_with("nuop_source_"))
+    {
+        assert!(
+            exposed.contains(name),
+            "{name} is not in /metrics:\n{exposition}"
+        );
+    }
+    // The console shows the source with its revision and the mapping, never the token.
+    let overview = eventually(
+        "the console to show the source's revision",
+        LIMIT,
+        || async {
+            let (code, body) = http_get(local(console), "/debug/controllers").await?;
+            let overview: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && overview["managed"]["sources"][0]["revision"].is_string())
+                .then_some(overview)
+        },
+    )
+    .await;
+    assert_eq!(overview["binary"], "nuop-managed", "{overview}");
+    assert_eq!(
+        overview["managed"]["mappings"][0]["running"], true,
+        "{overview}"
+    );
+    assert_eq!(overview["controllers"][0]["name"], "dumper", "{overview}");
+    for path in ["/", "/debug/controllers", "/debug/controllers/dumper"] {
+        let (_, body) = http_get(local(console), path)
+            .await
+            .expect("the console answers");
+        assert!(
+            !body.contains(&token),
+            "the console's {path} shows the token"
+        );
+    }
 
     kill(Pid::from_raw(process.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     let deadline = std::time::Instant::now() + LIMIT;

@@ -53,6 +53,17 @@ async fn run(cli: Cli) -> anyhow::Result<Stopped> {
         .map_err(anyhow::Error::msg)?;
     let client = kube::Client::try_default().await?;
     let readiness = Readiness::new();
+    let termination = shutdown_signal(nuop_core::telemetry::termination());
+    // The manager runs no script controllers: its console shows leadership and
+    // readiness only (the managed pods' consoles show their controllers).
+    let _console = nuop_core::console::start(
+        "nuop-manager",
+        runtime.console_bind_address,
+        runtime.console_history,
+        readiness.clone(),
+        termination.clone(),
+    )
+    .await?;
     let options = Options {
         namespace: cli.namespace,
         settings: Settings {
@@ -62,13 +73,9 @@ async fn run(cli: Cli) -> anyhow::Result<Stopped> {
         readiness: readiness.clone(),
     };
     let controller_client = client.clone();
-    let stopped = operate(
-        client,
-        runtime,
-        readiness,
-        shutdown_signal(nuop_core::telemetry::termination()),
-        move |shutdown| nuop_manager::run(controller_client, options, shutdown),
-    )
+    let stopped = operate(client, runtime, readiness, termination, move |shutdown| {
+        nuop_manager::run(controller_client, options, shutdown)
+    })
     .await?;
     Ok(stopped)
 }

@@ -273,6 +273,14 @@ fn main() -> anyhow::Result<ExitCode> {
                 let client = kube::Client::try_default().await?;
                 let readiness = Readiness::new();
                 let termination = shutdown_signal(nuop_core::telemetry::termination());
+                let console = nuop_core::console::start(
+                    "nuop-standard",
+                    options.console_bind_address,
+                    options.console_history,
+                    readiness.clone(),
+                    termination.clone(),
+                )
+                .await?;
                 let controller_options = ControllerOptions {
                     concurrency: cli.concurrency,
                     readiness: readiness.clone(),
@@ -280,6 +288,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     // One registry per process: every controller shares its watches.
                     informers: nuop_core::informers::Informers::default(),
                     audit,
+                    console,
                 };
                 let scripts = cli.scripts.clone();
                 let executor = cli.executor;

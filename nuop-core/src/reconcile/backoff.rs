@@ -83,6 +83,11 @@ impl<K: Eq + Hash> Backoff<K> {
         self.report(&map);
     }
 
+    /// The consecutive failures recorded for `key` (0 when none).
+    pub fn failures(&self, key: &K) -> u32 {
+        self.lock().get(key).copied().unwrap_or(0)
+    }
+
     /// How many objects have failures recorded.
     pub fn len(&self) -> usize {
         self.lock().len()

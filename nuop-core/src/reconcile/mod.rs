@@ -78,6 +78,27 @@ pub struct Context {
     /// Records the write-back, status and finalizer writes ([`crate::audit`]); off until
     /// the controller sets one (`with_audit`).
     pub audit: crate::audit::Auditor,
+    /// Where this controller's reconciles are recorded for the console; none when the
+    /// console is off.
+    pub console: Option<Arc<crate::console::Entry>>,
+}
+
+tokio::task_local! {
+    /// The log lines and outcome of the reconcile running in this task, gathered for
+    /// the console (set only while the console is on).
+    static CAPTURE: std::cell::RefCell<crate::console::journal::Capture>;
+}
+
+/// Adds a script's log lines to the console's capture of the running reconcile, if any.
+fn capture_lines(text: &str) {
+    let _ = CAPTURE.try_with(|c| c.borrow_mut().add(text));
+}
+
+/// Counts a finished reconcile in `nuop_reconciles_total` and notes the outcome for
+/// the console's record of it.
+fn count(controller: &str, outcome: ReconcileOutcome) {
+    METRICS.count_reconcile(controller, outcome);
+    let _ = CAPTURE.try_with(|c| c.borrow_mut().outcome = Some(outcome.label()));
 }
 
 impl Context {
@@ -113,6 +134,16 @@ impl Context {
             has_status,
             cluster: None,
             audit: crate::audit::Auditor::default(),
+            console: None,
+        }
+    }
+
+    /// The same context recording its reconciles into `entry` (the console).
+    #[must_use]
+    pub fn with_console(self, entry: Option<Arc<crate::console::Entry>>) -> Self {
+        Self {
+            console: entry,
+            ..self
         }
     }
 
@@ -208,6 +239,14 @@ pub async fn reconcile(
     async move {
         let key = object_key(&value);
         let controller = ctx.config.name.as_str();
+        let namespace = text(&value, "/metadata/namespace");
+        let name = text(&value, "/metadata/name");
+        // Why it runs, taken before it waits for a permit: an event arriving meanwhile
+        // is the reason for the next reconcile, not this one.
+        let trigger = ctx
+            .console
+            .as_ref()
+            .map(|entry| entry.begin(namespace, name, ctx.backoff.failures(&key)));
         // The semaphore is never closed; a closed one would only mean no limit.
         let _permit = ctx.permits.acquire().await.ok();
         // Decremented when dropped, also when the reconcile is aborted (shutdown).
@@ -216,15 +255,39 @@ pub async fn reconcile(
             .reconcile_duration
             .with_label_values(&[controller])
             .start_timer();
-        let result = match reconcile_with_retries(value.clone(), &ctx).await {
-            // Deleted while we worked on it: nothing left to do or to warn about.
-            Err(error) if error.retry() == Retry::Gone => {
-                info!("the object is gone ({error})");
-                Ok(Action::await_change())
+        let started = (std::time::SystemTime::now(), std::time::Instant::now());
+        let run = async {
+            match reconcile_with_retries(value.clone(), &ctx).await {
+                // Deleted while we worked on it: nothing left to do or to warn about.
+                Err(error) if error.retry() == Retry::Gone => {
+                    info!("the object is gone ({error})");
+                    Ok(Action::await_change())
+                }
+                other => other,
             }
-            other => other,
+        };
+        let (result, capture) = if ctx.console.is_some() {
+            CAPTURE
+                .scope(std::cell::RefCell::default(), async {
+                    let result = run.await;
+                    (result, CAPTURE.with(std::cell::RefCell::take))
+                })
+                .await
+        } else {
+            (run.await, crate::console::journal::Capture::default())
         };
         timer.observe_duration();
+        if let (Some(entry), Some(trigger)) = (&ctx.console, trigger) {
+            entry.finish(crate::console::Finished {
+                namespace,
+                name,
+                trigger,
+                started: started.0,
+                duration: started.1.elapsed(),
+                capture,
+                error: result.as_ref().err().map(|e| (e.category(), e.to_string())),
+            });
+        }
         match &result {
             Ok(_) => ctx.backoff.succeeded(&key),
             Err(error) => {
@@ -352,7 +415,7 @@ async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, Reconcil
     match outcome {
         Outcome::NoChange => {
             log_stdout(&result);
-            METRICS.count_reconcile(&ctx.config.name, outcome.into());
+            count(&ctx.config.name, outcome.into());
             Ok(Action::requeue(ctx.config.requeue_after_noop))
         }
         Outcome::Failed(code) => Err(script_failed(code, &result)),
@@ -367,7 +430,7 @@ async fn run_reconcile(object: &Value, ctx: &Context) -> Result<Action, Reconcil
                 ScriptOutput::Logs(text) => log_lines("stdout", &text),
                 ScriptOutput::Empty => {}
             }
-            METRICS.count_reconcile(&ctx.config.name, outcome.into());
+            count(&ctx.config.name, outcome.into());
             Ok(Action::requeue(ctx.config.requeue_after_change))
         }
     }
@@ -398,7 +461,7 @@ pub(crate) async fn run_finalize(object: &Value, ctx: &Context) -> Result<Action
             &format!("finalize succeeded; removed finalizer {finalizer}"),
         );
     }
-    METRICS.count_reconcile(&ctx.config.name, ReconcileOutcome::Finalized);
+    count(&ctx.config.name, ReconcileOutcome::Finalized);
     Ok(Action::await_change())
 }
 
@@ -457,6 +520,13 @@ fn log_stdout(result: &CallResult) -> bool {
     match classify_output(&result.stdout.text, result.returned.as_ref()) {
         Ok(ScriptOutput::Logs(_)) | Err(_) => log_lines("stdout", &result.stdout.with_note()),
         Ok(ScriptOutput::Object(object)) => {
+            // Only the kind and name reach the console too: the object may be a Secret.
+            capture_lines(&format!(
+                "[nuop: printed an object ({} {}) with exit code {}: not written]",
+                object["kind"].as_str().unwrap_or("?"),
+                object["metadata"]["name"].as_str().unwrap_or("?"),
+                result.code
+            ));
             info!(
                 target: "nuop::script",
                 stream = "stdout",
@@ -488,6 +558,7 @@ fn script_failed(code: i32, result: &CallResult) -> ReconcileError {
 }
 
 fn log_lines(stream: &str, text: &str) {
+    capture_lines(text);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     for line in lines.iter().take(MAX_LOGGED_LINES) {
         info!(target: "nuop::script", stream, "{line}");

@@ -45,6 +45,14 @@ pub struct OperateArgs {
     /// How long in-flight reconciles may run after SIGTERM before they are cancelled.
     #[arg(long, env = "NUOP_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    // --- console (issue 16) ---
+    /// Address of the read-only console and its `/debug/` JSON (off unless given;
+    /// `:8082` or `8082` means 127.0.0.1:8082; reach it with `kubectl port-forward`).
+    #[arg(long, env = "NUOP_CONSOLE_BIND_ADDRESS")]
+    pub console_bind_address: Option<String>,
+    /// Reconciles the console keeps per controller.
+    #[arg(long, env = "NUOP_CONSOLE_HISTORY", default_value_t = crate::console::DEFAULT_HISTORY)]
+    pub console_history: usize,
 }
 
 /// Where the audit trail goes ([`crate::audit`]): the flag of the binaries that run
@@ -78,6 +86,10 @@ pub struct RuntimeOptions {
     pub leader_election: Option<LeaseSettings>,
     /// How long in-flight reconciles may run after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Where the console answers; `None` turns it (and its recording) off.
+    pub console_bind_address: Option<SocketAddr>,
+    /// Reconciles the console keeps per controller.
+    pub console_history: usize,
 }
 
 impl OperateArgs {
@@ -112,6 +124,15 @@ impl OperateArgs {
             .map_err(|e| format!("--health-probe-bind-address: {e}"))?;
         let metrics_bind_address = parse_bind_address(&self.metrics_bind_address)
             .map_err(|e| format!("--metrics-bind-address: {e}"))?;
+        let console_bind_address = match &self.console_bind_address {
+            Some(text) => {
+                parse_console_address(text).map_err(|e| format!("--console-bind-address: {e}"))?
+            }
+            None => None,
+        };
+        if self.console_history == 0 {
+            return Err("--console-history: must be at least 1".into());
+        }
         let leader_election = if self.leader_elect {
             let namespace = lease_namespace(
                 self.leader_election_namespace.as_deref(),
@@ -145,8 +166,25 @@ impl OperateArgs {
             metrics_bind_address,
             leader_election,
             shutdown_timeout: self.shutdown_timeout,
+            console_bind_address,
+            console_history: self.console_history,
         })
     }
+}
+
+/// Parses the console's address: like [`parse_bind_address`], except that a bare port
+/// (`:8082` or `8082`) means 127.0.0.1, not every interface: the console is for
+/// `kubectl port-forward` and local use unless an address says otherwise.
+///
+/// # Errors
+/// When the text is no address.
+pub fn parse_console_address(text: &str) -> Result<Option<SocketAddr>, String> {
+    let text = text.trim();
+    let port = text.strip_prefix(':').unwrap_or(text);
+    if !port.is_empty() && port != "0" && port.bytes().all(|b| b.is_ascii_digit()) {
+        return parse_bind_address(&format!("127.0.0.1:{port}"));
+    }
+    parse_bind_address(text)
 }
 
 /// The Lease's namespace: the flag, else `POD_NAMESPACE`, else the service-account
@@ -245,8 +283,42 @@ mod tests {
                 metrics_bind_address: Some("0.0.0.0:8080".parse().expect("addr")),
                 leader_election: None,
                 shutdown_timeout: Duration::from_secs(30),
+                console_bind_address: None,
+                console_history: crate::console::DEFAULT_HISTORY,
             }
         );
+    }
+
+    #[test]
+    fn the_console_is_off_by_default_and_local_when_only_a_port_is_given() {
+        let resolve = |args: &[&str]| {
+            parse(args)
+                .resolve_with("x", None, None, || "me".into())
+                .map(|o| (o.console_bind_address, o.console_history))
+        };
+        let local: SocketAddr = "127.0.0.1:8082".parse().expect("addr");
+        assert_eq!(
+            resolve(&["--console-bind-address", ":8082"]),
+            Ok((Some(local), 100))
+        );
+        assert_eq!(
+            resolve(&["--console-bind-address", "8082"]),
+            Ok((Some(local), 100))
+        );
+        assert_eq!(
+            resolve(&[
+                "--console-bind-address",
+                "0.0.0.0:8082",
+                "--console-history",
+                "5"
+            ]),
+            Ok((Some("0.0.0.0:8082".parse().expect("addr")), 5))
+        );
+        assert_eq!(resolve(&["--console-bind-address", "0"]), Ok((None, 100)));
+        let error = resolve(&["--console-bind-address", "nowhere"]).expect_err("invalid");
+        assert!(error.contains("--console-bind-address"), "{error}");
+        let error = resolve(&["--console-history", "0"]).expect_err("zero history");
+        assert!(error.contains("--console-history"), "{error}");
     }
 
     #[test]
