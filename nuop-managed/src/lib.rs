@@ -15,6 +15,8 @@
 //! - [`supervisor`]: starts, restarts and stops controllers as revisions arrive.
 //! - [`status`]: per-source and per-mapping state in the NuOperator's status.
 //! - [`mode`]: managed or standard, from `NUOP_MODE` (pure).
+//! - [`webhooks`]: the webhooks the scripts declare, published in the status for the
+//!   manager to register (managed pods only serve them).
 //!
 //! [`run`] ties them together under `nuop_core::runtime::operate`.
 
@@ -30,6 +32,7 @@ pub mod signers;
 pub mod status;
 pub mod supervisor;
 pub mod sync;
+pub mod webhooks;
 
 pub use nuop_crd::location;
 

@@ -62,6 +62,7 @@ async fn nuoperator_to_manager_to_managed_to_reconciled_objects() {
         nuop_manager::Options {
             namespace: Some(env.namespace.clone()),
             settings: nuop_manager::build::Settings {
+                webhooks: None,
                 default_image: "registry.invalid/nuop-managed:test".into(),
             },
             concurrency: 2,

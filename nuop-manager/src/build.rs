@@ -56,6 +56,9 @@ pub const RUN_AS_USER: i64 = 65_532;
 pub struct Settings {
     /// The `nuop-managed` image used when the CR names none.
     pub default_image: String,
+    /// Where the CA of NuOperators' webhooks lives when they are allowed
+    /// (`--allow-webhooks`); `None`: webhooks are refused (see [`crate::webhooks`]).
+    pub webhooks: Option<crate::webhooks::WebhookSettings>,
 }
 
 /// Name of both children of `operator`: `nuop-<name>`.
@@ -348,6 +351,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
+            webhooks: None,
             default_image: "ghcr.io/nuop-dev/nuop-managed:test".to_string(),
         }
     }

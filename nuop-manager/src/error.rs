@@ -26,6 +26,10 @@ pub enum Error {
     /// The object lacks a field the API server always sets (name, namespace, uid).
     #[error("the NuOperator lacks metadata.{0}")]
     MissingMetadata(&'static str),
+    /// Registering or removing the NuOperator's webhooks failed (certificate Secret or
+    /// webhook configurations; the message names which).
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 impl Error {
@@ -35,6 +39,7 @@ impl Error {
             Self::Kube { .. } => api_category(),
             Self::Render(_) => "RenderError",
             Self::MissingMetadata(_) => "MissingMetadata",
+            Self::Webhooks(_) => "WebhookError",
         }
     }
 

@@ -12,6 +12,10 @@
 //! 4. [`status`] (pure): the Ready / Progressing / Degraded conditions from the rollout
 //!    and from what the managed pods report in `status.sources` and `status.mappings`.
 //!
+//! 5. [`webhooks`]: the admission webhooks the managed pods declare, refused unless
+//!    the manager runs with `--allow-webhooks`, then confined to the NuOperator's
+//!    namespace and registered by the manager (configurations, Service, certificate).
+//!
 //! [`run`] wires the pipeline into a kube-runtime controller that also watches the
 //! ConfigMaps and Deployments it owns. The manager never creates RBAC: a managed
 //! Deployment runs under the CR's `serviceAccountName`, whose permissions the tenant
@@ -23,6 +27,7 @@ pub mod reconcile;
 pub mod run;
 pub mod status;
 pub mod validate;
+pub mod webhooks;
 
 pub use error::{Error, Result};
 pub use run::{Options, run};

@@ -28,6 +28,14 @@ struct Cli {
     /// NuOperators reconciled at once.
     #[arg(long, env = "NUOP_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
+    /// Register the admission webhooks NuOperators' scripts declare, always confined to
+    /// the NuOperator's own namespace (off: refused, said in status condition Webhooks).
+    #[arg(long, env = "NUOP_ALLOW_WEBHOOKS", value_parser = clap::builder::BoolishValueParser::new())]
+    allow_webhooks: bool,
+    /// The Secret (in the manager's namespace: POD_NAMESPACE or the service account's)
+    /// holding the CA that signs NuOperators' webhook certificates.
+    #[arg(long, env = "NUOP_WEBHOOK_CA_SECRET", default_value = nuop_manager::webhooks::DEFAULT_CA_SECRET)]
+    webhook_ca_secret: String,
     /// Log format: plain or json (filter with RUST_LOG). Spans go over OTLP when
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
     #[arg(long, env = "NUOP_LOG_FORMAT", default_value = "plain")]
@@ -44,6 +52,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_format = cli.log_format.clone();
     ExitCode::from(run_to_exit("nuop-manager", &log_format, || run(cli)) as u8)
+}
+
+/// The webhook CA's place when webhooks are allowed.
+fn webhook_settings(cli: &Cli) -> anyhow::Result<Option<nuop_manager::webhooks::WebhookSettings>> {
+    if !cli.allow_webhooks {
+        return Ok(None);
+    }
+    let file = std::fs::read_to_string(nuop_core::runtime::SERVICE_ACCOUNT_NAMESPACE_FILE).ok();
+    let pod = std::env::var("POD_NAMESPACE").ok();
+    let namespace = nuop_core::runtime::lease_namespace(None, pod.as_deref(), file.as_deref())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--allow-webhooks needs the manager's namespace for its CA Secret: set POD_NAMESPACE"
+            )
+        })?;
+    Ok(Some(nuop_manager::webhooks::WebhookSettings {
+        ca_namespace: namespace,
+        ca_secret: cli.webhook_ca_secret.clone(),
+    }))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<Stopped> {
@@ -64,10 +91,12 @@ async fn run(cli: Cli) -> anyhow::Result<Stopped> {
         termination.clone(),
     )
     .await?;
+    let webhooks = webhook_settings(&cli)?;
     let options = Options {
         namespace: cli.namespace,
         settings: Settings {
             default_image: cli.default_image,
+            webhooks,
         },
         concurrency: cli.concurrency,
         readiness: readiness.clone(),

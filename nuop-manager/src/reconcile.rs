@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -31,7 +31,7 @@ use kube::{Api, Client, Resource, ResourceExt as _};
 use nuop_core::metrics::METRICS;
 use nuop_core::metrics::ReconcileOutcome;
 use nuop_core::reconcile::backoff::Backoff;
-use nuop_crd::NuOperator;
+use nuop_crd::{CONDITION_WEBHOOKS, NuOperator};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
@@ -39,6 +39,7 @@ use tracing::{info, warn};
 use crate::build::{self, Settings};
 use crate::status::{Observation, desired_status};
 use crate::validate::{self, Problem};
+use crate::webhooks;
 use crate::{Error, FIELD_MANAGER, Result};
 
 /// The `controller` label of the manager's metrics.
@@ -125,7 +126,16 @@ pub async fn reconcile(operator: Arc<NuOperator>, ctx: Arc<Context>) -> Result<A
 /// The reconcile proper; also says whether a child was created or changed.
 async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<(Action, bool)> {
     if operator.metadata.deletion_timestamp.is_some() {
-        // The children carry owner references: the garbage collector removes them.
+        // The children carry owner references: the garbage collector removes them. The
+        // webhook configurations are cluster-scoped and cannot: the finalizer waits for
+        // their removal here.
+        if operator
+            .finalizers()
+            .iter()
+            .any(|f| f == webhooks::FINALIZER)
+        {
+            webhooks::remove(&ctx.client, operator).await?;
+        }
         return Ok((Action::await_change(), false));
     }
     let namespace = operator
@@ -136,10 +146,14 @@ async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<(Action
     let name = operator.name_any();
 
     let mut problems = validate::validate(operator);
+    let webhook_plan = webhooks::plan(operator, ctx.settings.webhooks.is_some());
     let (config_map, deployment) = if problems.is_empty() {
         let config_map = build::desired_config_map(operator)?;
         let hash = build::config_hash(&config_map);
-        let deployment = build::desired_deployment(operator, &ctx.settings, &hash)?;
+        let mut deployment = build::desired_deployment(operator, &ctx.settings, &hash)?;
+        if matches!(webhook_plan, webhooks::Plan::Register { .. }) {
+            webhooks::with_webhook_serving(&mut deployment, operator);
+        }
         Some((config_map, deployment))
     } else {
         None
@@ -170,7 +184,13 @@ async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<(Action
     else {
         warn!(%namespace, %name, problems = %join(&problems), "NuOperator cannot be deployed; nothing applied");
         warn_invalid(ctx, operator, &problems).await;
-        write_status(&ctx.client, operator, Observation::Invalid(&problems)).await?;
+        // The webhooks of the last valid spec stay as they are, and so does their word.
+        let kept = operator
+            .status
+            .as_ref()
+            .and_then(|s| s.condition(CONDITION_WEBHOOKS))
+            .cloned();
+        write_status(&ctx.client, operator, Observation::Invalid(&problems), kept).await?;
         let action = if problems.iter().any(Problem::may_resolve_itself) {
             Action::requeue(RECHECK)
         } else {
@@ -188,9 +208,25 @@ async fn reconcile_inner(operator: &NuOperator, ctx: &Context) -> Result<(Action
     let changed = before.iter().zip(&after).any(|(b, a)| b != a);
     delete_unwanted::<ConfigMap>(&ctx.client, operator).await?;
     delete_unwanted::<Deployment>(&ctx.client, operator).await?;
-    write_status(&ctx.client, operator, Observation::Applied(&deployment)).await?;
+    let certificate_check = webhooks::sync(
+        &ctx.client,
+        operator,
+        &webhook_plan,
+        ctx.settings.webhooks.as_ref(),
+    )
+    .await?;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let webhooks_condition = webhooks::condition(operator, &webhook_plan, &now);
+    write_status(
+        &ctx.client,
+        operator,
+        Observation::Applied(&deployment),
+        webhooks_condition,
+    )
+    .await?;
     info!(%namespace, %name, changed, "NuOperator reconciled");
-    Ok((Action::requeue(RESYNC), changed))
+    let requeue = certificate_check.map_or(RESYNC, |check| check.min(RESYNC));
+    Ok((Action::requeue(requeue), changed))
 }
 
 /// The metadata of the object named like `desired` (same kind and namespace), if any.
@@ -340,15 +376,28 @@ where
 }
 
 /// Server-side applies the manager's part of the status.
+/// `webhooks` is the `Webhooks` condition, when the scripts declare any.
 async fn write_status(
     client: &Client,
     operator: &NuOperator,
     observation: Observation<'_>,
+    webhooks: Option<Condition>,
 ) -> Result<()> {
     let namespace = operator.metadata.namespace.clone().unwrap_or_default();
     let name = operator.name_any();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = desired_status(operator, observation, &now);
+    let mut status = desired_status(operator, observation, &now);
+    if let Some(condition) = webhooks {
+        // The previous one first, so an unchanged status keeps its transition time.
+        if let Some(previous) = operator
+            .status
+            .as_ref()
+            .and_then(|s| s.condition(CONDITION_WEBHOOKS))
+        {
+            status.conditions.push(previous.clone());
+        }
+        status.set_condition(condition);
+    }
     let patch = serde_json::json!({
         "apiVersion": NuOperator::api_version(&()),
         "kind": NuOperator::kind(&()),

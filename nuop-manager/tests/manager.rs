@@ -14,6 +14,7 @@ use nuop_core::health::Readiness;
 use nuop_core::testing::{TestEnv, eventually};
 use nuop_crd::{Mapping, NuOperator, NuOperatorStatus, Source};
 use nuop_manager::build::{CONFIG_HASH_ANNOTATION, Settings, config_hash};
+use nuop_manager::webhooks::WebhookSettings;
 use nuop_manager::{Options, run};
 use serde_json::json;
 
@@ -43,6 +44,12 @@ impl Drop for Manager {
 }
 
 async fn setup(test: &str) -> (TestEnv, Manager) {
+    setup_with(test, false).await
+}
+
+/// A manager whose `--allow-webhooks` is `allow_webhooks` (its CA in the test's
+/// namespace).
+async fn setup_with(test: &str, allow_webhooks: bool) -> (TestEnv, Manager) {
     // Logs help when a test fails; a second install (another test) is refused, fine.
     let _ = nuop_core::telemetry::init_logs("plain");
     let env = TestEnv::new(test).await;
@@ -53,6 +60,10 @@ async fn setup(test: &str) -> (TestEnv, Manager) {
     let options = Options {
         namespace: Some(env.namespace.clone()),
         settings: Settings {
+            webhooks: allow_webhooks.then(|| WebhookSettings {
+                ca_namespace: env.namespace.clone(),
+                ca_secret: "manager-webhook-ca".to_string(),
+            }),
             default_image: IMAGE.to_string(),
         },
         concurrency: 2,
@@ -713,4 +724,218 @@ async fn network_policies_are_valid_and_open_only_the_deployments_ports() {
         .create(&PostParams::default(), &managed)
         .await
         .expect("the API server accepts the rendered managed template");
+/// Publishes `hooks` in the NuOperator's status as its managed pods would (their field
+/// manager, their field), re-installing the CRD first: parallel test runs on the shared
+/// control plane may have applied an older schema without `status.webhooks`.
+async fn publish_hooks(env: &TestEnv, name: &str, hooks: serde_json::Value) {
+    nuop_crd::install::ensure_crd(env.client.clone(), "nuop-tests", LIMIT)
+        .await
+        .expect("the CRD installs");
+    let operators: Api<NuOperator> = env.api();
+    let patch = json!({
+        "apiVersion": "nuop.dev/v1alpha1",
+        "kind": "NuOperator",
+        "status": {"webhooks": hooks},
+    });
+    operators
+        .patch_status(
+            name,
+            &PatchParams::apply("nuop-managed-webhooks").force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .expect("the declared webhooks are published");
+}
+
+/// A validate hook as a script declares it: every namespace, cluster-scoped objects
+/// too. Ignore, on a kind nothing here creates: no pod will ever serve it.
+fn declared_hook(controller: &str) -> serde_json::Value {
+    json!([{
+        "controller": controller,
+        "kind": "Validate",
+        "rules": [{
+            "apiGroups": ["example.invalid"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["widgets"],
+            "scope": "*",
+        }],
+        "failurePolicy": "Ignore",
+        "timeoutSeconds": 5,
+        "path": format!("/validate/{controller}"),
+    }])
+}
+
+#[tokio::test]
+async fn webhooks_are_refused_without_the_allow_flag() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let (env, _manager) = setup_with("manager-webhooks-off", false).await;
+    let operators: Api<NuOperator> = env.api();
+    service_account(&env, "replicator").await;
+    create(&operators, &sample("guarded")).await;
+    publish_hooks(&env, "guarded", declared_hook("policy")).await;
+    let op = status_where(&operators, "guarded", "Webhooks=False Refused", |_, s| {
+        condition(s, "Webhooks") == Some(("False".into(), "Refused".into()))
+    })
+    .await;
+    let message = op
+        .status
+        .expect("status")
+        .condition("Webhooks")
+        .expect("condition")
+        .message
+        .clone();
+    assert!(message.contains("--allow-webhooks"), "{message}");
+    let name = format!("nuop-managed-{}-guarded", env.namespace);
+    let configurations: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
+    assert!(configurations.get_opt(&name).await.expect("get").is_none());
+    let services: Api<k8s_openapi::api::core::v1::Service> = env.api();
+    assert!(
+        services
+            .get_opt("nuop-guarded-webhook")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(op.metadata.finalizers.unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
+async fn allowed_webhooks_are_confined_served_and_removed_with_the_nuoperator() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    let (env, _manager) = setup_with("manager-webhooks-on", true).await;
+    let operators: Api<NuOperator> = env.api();
+    let deployments: Api<Deployment> = env.api();
+    let services: Api<Service> = env.api();
+    let secrets: Api<Secret> = env.api();
+    service_account(&env, "replicator").await;
+    create(&operators, &sample("guarded")).await;
+    publish_hooks(&env, "guarded", declared_hook("policy")).await;
+    status_where(&operators, "guarded", "Webhooks=True Registered", |_, s| {
+        condition(s, "Webhooks") == Some(("True".into(), "Registered".into()))
+    })
+    .await;
+
+    let name = format!("nuop-managed-{}-guarded", env.namespace);
+    let configurations: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
+    let configuration = configurations.get(&name).await.expect("the configuration");
+    let hook = &configuration.webhooks.expect("webhooks")[0];
+    assert_eq!(hook.name, "policy.validate.nuop.dev");
+    let selector = hook
+        .namespace_selector
+        .clone()
+        .expect("a namespace selector");
+    assert_eq!(
+        selector.match_labels.expect("labels")["kubernetes.io/metadata.name"],
+        env.namespace,
+        "confined to the NuOperator's namespace"
+    );
+    assert!(
+        hook.rules
+            .iter()
+            .flatten()
+            .all(|r| r.scope.as_deref() == Some("Namespaced"))
+    );
+    let service_ref = hook.client_config.service.clone().expect("a service");
+    assert_eq!(
+        (
+            service_ref.namespace.as_str(),
+            service_ref.name.as_str(),
+            service_ref.port
+        ),
+        (env.namespace.as_str(), "nuop-guarded-webhook", Some(9443))
+    );
+    let ca = secrets
+        .get("manager-webhook-ca")
+        .await
+        .expect("the manager's CA");
+    let bundle = ca.data.expect("data")["ca.crt"].0.clone();
+    assert_eq!(
+        hook.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+        Some(bundle.clone())
+    );
+
+    let service = services
+        .get("nuop-guarded-webhook")
+        .await
+        .expect("the Service");
+    assert_eq!(
+        service.spec.expect("spec").ports.expect("ports")[0].port,
+        9443
+    );
+    let serving = secrets
+        .get("nuop-guarded-webhook-tls")
+        .await
+        .expect("the serving Secret");
+    let data = serving.data.expect("data");
+    assert!(data.contains_key("tls.crt") && data.contains_key("tls.key"));
+    assert!(
+        !data.contains_key("ca.key"),
+        "the CA key never leaves the manager's namespace"
+    );
+    assert_eq!(data["ca.crt"].0, bundle);
+    let deployment = deployments
+        .get("nuop-guarded")
+        .await
+        .expect("the Deployment");
+    let pod = deployment.spec.and_then(|s| s.template.spec).expect("pod");
+    assert!(
+        pod.volumes.iter().flatten().any(|v| v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some("nuop-guarded-webhook-tls"))
+    );
+
+    // Deleting the NuOperator removes the cluster-scoped configuration too.
+    operators
+        .delete("guarded", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("the configuration and the NuOperator gone", LIMIT, || {
+        let (configurations, operators, name) =
+            (configurations.clone(), operators.clone(), name.clone());
+        async move {
+            let configuration = configurations.get_opt(&name).await.ok()?;
+            let operator = operators.get_opt("guarded").await.ok()?;
+            (configuration.is_none() && operator.is_none()).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn webhooks_that_go_away_are_unregistered() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let (env, _manager) = setup_with("manager-webhooks-gone", true).await;
+    let operators: Api<NuOperator> = env.api();
+    service_account(&env, "replicator").await;
+    create(&operators, &sample("guarded")).await;
+    publish_hooks(&env, "guarded", declared_hook("policy")).await;
+    let name = format!("nuop-managed-{}-guarded", env.namespace);
+    let configurations: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
+    eventually("the configuration", LIMIT, || {
+        let (configurations, name) = (configurations.clone(), name.clone());
+        async move { configurations.get_opt(&name).await.ok().flatten() }
+    })
+    .await;
+    // The script no longer declares it.
+    publish_hooks(&env, "guarded", json!([])).await;
+    let op = status_where(
+        &operators,
+        "guarded",
+        "the Webhooks condition gone",
+        |_, s| s.condition("Webhooks").is_none(),
+    )
+    .await;
+    assert!(configurations.get_opt(&name).await.expect("get").is_none());
+    assert!(
+        !op.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == "nuop.dev/webhooks"),
+        "the finalizer goes with the webhooks"
+    );
 }

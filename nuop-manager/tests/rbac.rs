@@ -181,6 +181,7 @@ async fn the_manager_works_with_exactly_its_role() {
     let options = Options {
         namespace: Some(ns.clone()),
         settings: Settings {
+            webhooks: None,
             default_image: "registry.invalid/nuop-managed:test".to_string(),
         },
         concurrency: 2,

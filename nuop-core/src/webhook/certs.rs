@@ -486,12 +486,6 @@ fn rotate(
     }))
 }
 
-fn rfc3339(unix: i64) -> String {
-    Timestamp::from_second(unix)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| unix.to_string())
-}
-
 fn parse_time(annotations: &BTreeMap<String, String>, key: &str) -> Result<i64, String> {
     let value = annotations
         .get(key)
@@ -732,10 +726,6 @@ impl Certs {
     }
 }
 
-fn now() -> i64 {
-    Timestamp::now().as_second()
-}
-
 fn validity_seconds(validity: Duration) -> i64 {
     i64::try_from(validity.as_secs())
         .unwrap_or(i64::MAX / 8)
@@ -864,16 +854,16 @@ fn keep_until(material: &Material, wanted_sans: &str, now: i64) -> i64 {
 }
 
 /// Brings a self-signed source's Secret up to date once, for callers that reconcile
-/// instead of running [`Certs::start`]'s task (the manager, for managed operators whose
-/// pods mount the Secret): returns the CA bundle (PEM) and how long until the Secret
-/// next needs a look.
+/// instead of running [`Certs::start`]'s task (the manager keeps its CA this way and
+/// signs managed operators' serving certificates with it, see [`issue`]): returns the
+/// Secret's material and how long until it next needs a look.
 ///
 /// # Errors
 /// [`CertError`], and [`CertError::NotSelfSigned`] for a cert directory.
 pub async fn reconcile_secret(
     client: Client,
     source: &CertSource,
-) -> Result<(Vec<u8>, Duration), CertError> {
+) -> Result<(Material, Duration), CertError> {
     let CertSource::SelfSigned {
         namespace,
         name,
@@ -897,7 +887,45 @@ pub async fn reconcile_secret(
     let now = now();
     let (material, until) = secret.sync(&want, now).await?;
     let wait = Duration::from_secs(u64::try_from(until - now).unwrap_or(0).max(1));
-    Ok((material.ca_bundle.into_bytes(), wait))
+    Ok((material, wait))
+}
+
+/// A serving certificate for `dns_names`/`ip_addresses` signed by `ca`'s current CA,
+/// issued at `now` (Unix seconds), valid for `validity` or until the CA expires:
+/// (certificate PEM, key PEM, lifetime). Pure apart from key generation.
+///
+/// # Errors
+/// [`CertError::Generate`], or [`CertError::Invalid`] for a bad name or CA key.
+pub fn issue(
+    ca: &Material,
+    dns_names: &[String],
+    ip_addresses: &[IpAddr],
+    validity: Duration,
+    now: i64,
+) -> Result<(String, String, Lifetime), CertError> {
+    let want = Want {
+        dns_names,
+        ip_addresses,
+        validity: validity_seconds(validity),
+    };
+    new_serving(now, &want, &ca.ca_key, &ca.ca_name, ca.ca)
+}
+
+/// The current time in Unix seconds, as the rotation decisions count it.
+pub fn now() -> i64 {
+    Timestamp::now().as_second()
+}
+
+/// Formats Unix seconds as RFC 3339, as the annotations hold times.
+pub fn rfc3339(unix: i64) -> String {
+    Timestamp::from_second(unix)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| unix.to_string())
+}
+
+/// Parses an RFC 3339 time into Unix seconds.
+pub fn parse_rfc3339(value: &str) -> Option<i64> {
+    value.parse::<Timestamp>().ok().map(|t| t.as_second())
 }
 
 /// How long to sleep before the next look at the Secret: until the next decision
@@ -1241,6 +1269,63 @@ mod tests {
             next_wait(10_000_000, 100_000, 365 * 24 * 3600),
             Duration::from_secs(600)
         );
+    }
+
+    fn served(certs: &Certs) -> Vec<u8> {
+        certs.resolver.current.read().expect("lock").cert[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_cert_dir_is_re_read_when_its_files_change() {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |m: &Material| {
+            std::fs::write(dir.path().join("tls.crt"), &m.tls_crt).expect("crt");
+            std::fs::write(dir.path().join("tls.key"), &m.tls_key).expect("key");
+            std::fs::write(dir.path().join("ca.crt"), &m.ca_bundle).expect("ca");
+        };
+        let (first, second) = (material(1000), material(2000));
+        write(&first);
+        let stop = CancellationToken::new();
+        let certs = Certs::start(None, CertSource::Dir(dir.path().into()), stop.clone())
+            .await
+            .expect("dir certs");
+        let der = |pem: &str| {
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .expect("pem")
+                .to_vec()
+        };
+        assert_eq!(served(&certs), der(&first.tls_crt));
+        let mut bundle = certs.ca_bundle();
+        assert_eq!(
+            bundle.borrow_and_update().as_deref(),
+            Some(first.ca_bundle.as_bytes())
+        );
+        // A half-written pair (new cert, old key) is not taken.
+        std::fs::write(dir.path().join("tls.crt"), &second.tls_crt).expect("crt");
+        tokio::time::sleep(DIR_POLL * 2).await;
+        assert_eq!(
+            served(&certs),
+            der(&first.tls_crt),
+            "mismatched pair kept out"
+        );
+        write(&second);
+        tokio::time::timeout(Duration::from_secs(30), bundle.changed())
+            .await
+            .expect("the new bundle within 30 s")
+            .expect("open");
+        assert_eq!(served(&certs), der(&second.tls_crt));
+        assert_eq!(
+            bundle.borrow().as_deref(),
+            Some(second.ca_bundle.as_bytes())
+        );
+        stop.cancel();
+        // Without a directory's files, no start.
+        let empty = tempfile::tempdir().expect("tempdir");
+        let err = Certs::start(None, CertSource::Dir(empty.path().into()), stop)
+            .await
+            .expect_err("no files");
+        assert!(err.to_string().contains("tls.crt"), "{err}");
     }
 
     /// Verifies a leaf against CA PEM blocks with webpki, as a TLS client would.

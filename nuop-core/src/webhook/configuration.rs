@@ -332,6 +332,7 @@ pub struct Registrar {
     client: Client,
     identity: String,
     endpoint: Endpoint,
+    conversions: bool,
 }
 
 impl Registrar {
@@ -342,7 +343,15 @@ impl Registrar {
             client,
             identity,
             endpoint,
+            conversions: true,
         }
+    }
+
+    /// A registrar that never touches CRDs (and needs no rights on them): for callers
+    /// that never convert, such as the manager for managed operators.
+    pub fn without_conversions(mut self) -> Self {
+        self.conversions = false;
+        self
     }
 
     fn params(&self) -> PatchParams {
@@ -381,6 +390,9 @@ impl Registrar {
         conversions: &[Conversion],
         ca_bundle: Option<&[u8]>,
     ) -> Result<(), RegistrarError> {
+        if !self.conversions {
+            return Ok(());
+        }
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         for conversion in conversions {
             let body = conversion_patch(conversion, &self.endpoint, ca_bundle);

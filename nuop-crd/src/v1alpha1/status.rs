@@ -4,9 +4,12 @@
 //! - the manager (`nuop-manager`): `conditions` (all three), `observedGeneration`,
 //!   `readyReplicas`. It derives the conditions from the Deployment's rollout *and* from
 //!   what the managed pods report in `sources` and `mappings`;
-//! - the managed pods (`nuop-managed`): `sources` and `mappings`.
+//! - the managed pods (`nuop-managed`): `sources` and `mappings`; and, under their own
+//!   field manager (`nuop-managed-webhooks`), `webhooks` and `conversions`: what their
+//!   scripts declare, which only the manager registers (it has the cluster rights).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::admissionregistration::v1::RuleWithOperations;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +28,13 @@ pub const CONDITION_PROGRESSING: &str = "Progressing";
 /// source whose last fetch or load failed (`status.sources[].lastError`), a mapping that
 /// does not run (`status.mappings[].message`), a Deployment that cannot become available.
 pub const CONDITION_DEGRADED: &str = "Degraded";
+
+/// Condition type, written by the manager when the scripts declare webhooks: `True`
+/// (reason `Registered`) once they are registered, confined to the NuOperator's
+/// namespace; `False` with reason `Refused` when the manager was not started with
+/// `--allow-webhooks`, or `ConversionRefused` for CRD conversions (a CRD is
+/// cluster-wide, so a managed operator never converts one).
+pub const CONDITION_WEBHOOKS: &str = "Webhooks";
 
 /// What the manager and the managed pods last observed of a `NuOperator`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -51,6 +61,60 @@ pub struct NuOperatorStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub mappings: Vec<MappingStatus>,
+
+    /// The admission webhooks the scripts declare (written by the managed pods). The
+    /// manager registers them only when allowed, and always confined to this namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<DeclaredWebhook>,
+
+    /// The CRD conversions the scripts declare (written by the managed pods); refused
+    /// for a managed operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conversions: Vec<DeclaredConversion>,
+}
+
+/// One admission webhook a script declares, in the JSON shape of nuop-core's
+/// `webhook::configuration::Hook`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredWebhook {
+    /// The controller (mapping) serving it.
+    pub controller: String,
+
+    /// `Validate` or `Mutate`.
+    pub kind: String,
+
+    /// What the API server would send.
+    #[serde(default)]
+    pub rules: Vec<RuleWithOperations>,
+
+    /// The namespaces the script asks for (the manager narrows it to this namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// Which objects are sent, by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_selector: Option<LabelSelector>,
+
+    /// `Fail` or `Ignore`.
+    pub failure_policy: String,
+
+    /// Seconds the API server waits for an answer.
+    pub timeout_seconds: i32,
+
+    /// The path on the managed pods' webhook server.
+    pub path: String,
+}
+
+/// One CRD conversion a script declares.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredConversion {
+    /// The CRD's name.
+    pub crd: String,
+
+    /// The path on the managed pods' webhook server.
+    pub path: String,
 }
 
 /// What the managed pods last fetched from a source.
