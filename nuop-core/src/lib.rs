@@ -22,6 +22,7 @@
 //! - [`init`]: reaping orphans when a binary runs as PID 1.
 //! - [`devtools`]: `check` and `exec` for script authors.
 //! - [`harness`]: `nuop-standard test`, script test cases run without a cluster.
+//! - [`webhook`]: admission and conversion webhooks answered by scripts, over HTTPS.
 //! - `testing` (cargo feature `testing`, test builds only): connecting tests to the real
 //!   local control plane.
 
@@ -47,6 +48,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod triggers;
+pub mod webhook;
 
 /// Installs aws-lc-rs as rustls' process-wide provider (idempotent).
 ///

@@ -94,6 +94,12 @@ pub struct Metrics {
     /// `k8s get`/`k8s list` reads that went to the API server (an undeclared kind, a
     /// read no cache covers, or `--live`), by controller and kind.
     pub k8s_uncached_reads: IntCounterVec,
+    // --- webhooks (issue 14) ---
+    /// Webhook requests by webhook (controller), kind (validate, mutate, convert) and
+    /// result (allowed, denied, mutated, error).
+    pub webhook_requests: IntCounterVec,
+    /// Time from a webhook request's arrival to its answer, by webhook and kind.
+    pub webhook_duration: HistogramVec,
 }
 
 /// Holds a gauge one higher while alive: incremented on creation, decremented on drop,
@@ -242,6 +248,17 @@ impl Metrics {
                 "nuop_k8s_uncached_reads_total",
                 "k8s get/list reads served by the API server rather than a cache, by controller and kind.",
                 &["controller", "kind"],
+            ),
+            // --- webhooks (issue 14) ---
+            webhook_requests: counter(
+                "nuop_webhook_requests_total",
+                "Webhook requests by webhook (controller), kind (validate, mutate, convert) and result (allowed, denied, mutated, error).",
+                &["webhook", "kind", "result"],
+            ),
+            webhook_duration: histogram(
+                "nuop_webhook_request_duration_seconds",
+                "Time from a webhook request's arrival to its answer.",
+                &["webhook", "kind"],
             ),
             registry,
         }
