@@ -675,6 +675,7 @@ mod tests {
             input,
             cluster,
             expect: serde_json::Map::new(),
+            request: serde_json::Map::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Does I/O: runs the script (through the same executors, timeouts and output caps as
 //! reconciles), logs, counts metrics. What the answer means is decided by the pure
-//! functions of [`crate::protocol::admission`] and [`on_failure`] here: a script that
+//! functions of [`crate::protocol::admission`] and [`decide`] here: a script that
 //! fails, times out or answers nonsense gets the hook's failurePolicy — Fail denies
 //! with the reason, Ignore admits with a warning — never an HTTP error
 //! (test `webhooks::a_hanging_script_is_answered_within_its_timeout`).
@@ -23,8 +23,7 @@ use crate::cluster::read_only::ReadOnly;
 use crate::metrics::METRICS;
 use crate::protocol::Phase;
 use crate::protocol::admission::{
-    AnswerError, admission_input, conversion_input, converted_objects, mutation_patch,
-    validation_verdict,
+    admission_input, conversion_input, converted_objects, mutation_patch, validation_verdict,
 };
 use crate::protocol::hooks::{ConversionHook, FailurePolicy};
 use crate::script::{CallRequest, CallResult, ExecError};
@@ -60,25 +59,6 @@ impl Answer {
             Self::Denied => "denied",
             Self::Mutated => "mutated",
             Self::Error => "error",
-        }
-    }
-}
-
-/// The answer to a script that could not answer: Fail denies with the reason, Ignore
-/// admits with the reason as a warning (test `failure_policy_decides_a_failed_call`).
-pub fn on_failure(
-    mut response: AdmissionResponse,
-    policy: FailurePolicy,
-    controller: &str,
-    reason: &str,
-) -> AdmissionResponse {
-    match policy {
-        FailurePolicy::Fail => response.deny(format!("nuop webhook {controller}: {reason}")),
-        FailurePolicy::Ignore => {
-            response.warnings.get_or_insert_with(Vec::new).push(format!(
-                "nuop webhook {controller} failed and was ignored (failurePolicy Ignore): {reason}"
-            ));
-            response
         }
     }
 }
@@ -130,6 +110,105 @@ async fn run(
     result
 }
 
+/// What nuop answers for one admission call, decided from the script's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Whether the request is admitted.
+    pub allowed: bool,
+    /// Why it is denied (shown to the client).
+    pub message: Option<String>,
+    /// Warnings for the client.
+    pub warnings: Vec<String>,
+    /// The JSON patch of a mutation.
+    pub patch: Option<json_patch::Patch>,
+    /// How it is counted.
+    pub answer: Answer,
+    /// Why the script could not answer (then the failurePolicy decided).
+    pub error: Option<String>,
+}
+
+/// Decides the answer to a validate or mutate call (`phase`) of `controller` on
+/// `input` (the admission request as the script got it) from what the call did:
+/// pure, shared by the server and `nuop-standard test`.
+pub fn decide(
+    phase: Phase,
+    policy: FailurePolicy,
+    controller: &str,
+    input: &Value,
+    called: &Result<CallResult, ExecError>,
+) -> Decision {
+    let decided = match called {
+        Err(e) => Err(e.to_string()),
+        Ok(result) if phase == Phase::Validate => validation_verdict(result)
+            .map(|verdict| Decision {
+                answer: if verdict.allowed {
+                    Answer::Allowed
+                } else {
+                    Answer::Denied
+                },
+                message: match (verdict.allowed, verdict.message) {
+                    (false, None) => Some(format!("denied by nuop webhook {controller}")),
+                    (_, message) => message,
+                },
+                allowed: verdict.allowed,
+                warnings: verdict.warnings,
+                patch: None,
+                error: None,
+            })
+            .map_err(|e| e.to_string()),
+        Ok(result) => mutation_patch(&input["object"], result)
+            .map(|patch| Decision {
+                allowed: true,
+                message: None,
+                warnings: Vec::new(),
+                answer: if patch.is_some() {
+                    Answer::Mutated
+                } else {
+                    Answer::Allowed
+                },
+                patch,
+                error: None,
+            })
+            .map_err(|e| e.to_string()),
+    };
+    decided.unwrap_or_else(|reason| match policy {
+        FailurePolicy::Fail => Decision {
+            allowed: false,
+            message: Some(format!("nuop webhook {controller}: {reason}")),
+            warnings: Vec::new(),
+            patch: None,
+            answer: Answer::Error,
+            error: Some(reason),
+        },
+        FailurePolicy::Ignore => Decision {
+            allowed: true,
+            message: None,
+            warnings: vec![format!(
+                "nuop webhook {controller} failed and was ignored (failurePolicy Ignore): {reason}"
+            )],
+            patch: None,
+            answer: Answer::Error,
+            error: Some(reason),
+        },
+    })
+}
+
+/// Runs `main validate` / `main mutate` (`phase`) of `served` on `input` (the admission
+/// request as the script gets it), with the hook's timeout.
+pub async fn call_admission(
+    served: &Served,
+    phase: Phase,
+    hook: &crate::protocol::hooks::AdmissionHook,
+    input: &Value,
+) -> Result<CallResult, ExecError> {
+    let primary = match &input["object"] {
+        Value::Null => input["oldObject"].clone(),
+        object => object.clone(),
+    };
+    let timeout = hook.script_timeout(served.config.timeout);
+    run(served, phase, input, primary, timeout).await
+}
+
 /// Answers an AdmissionReview body with `main validate` or `main mutate` (`phase`).
 ///
 /// # Errors
@@ -150,78 +229,44 @@ pub async fn admit(served: &Served, phase: Phase, body: &[u8]) -> Result<Vec<u8>
     let request: AdmissionRequest<DynamicObject> =
         typed.try_into().map_err(|e| bad(format!("{e}")))?;
     let controller = served.config.name.as_str();
-    let response = AdmissionResponse::from(&request);
+    let mut response = AdmissionResponse::from(&request);
     let hook = match phase {
         Phase::Validate => served.config.webhooks.validate.as_ref(),
         _ => served.config.webhooks.mutate.as_ref(),
     };
-    let (response, answer) = match hook.filter(|_| served.serves(phase)) {
-        None => (
-            response.deny(format!(
+    let answer = match hook.filter(|_| served.serves(phase)) {
+        None => {
+            response = response.deny(format!(
                 "nuop webhook {controller} has no {phase} webhook (a stale configuration?)"
-            )),
-            Answer::Error,
-        ),
+            ));
+            Answer::Error
+        }
         Some(hook) => {
             let input = admission_input(&request_value);
-            let primary = match &input["object"] {
-                Value::Null => input["oldObject"].clone(),
-                object => object.clone(),
-            };
-            let timeout = hook.script_timeout(served.config.timeout);
-            let called = run(served, phase, &input, primary, timeout).await;
-            let failed = |response, reason: &str| {
+            let called = call_admission(served, phase, hook, &input).await;
+            if let Ok(result) = &called {
+                log_stderr(controller, phase, &request.uid, result);
+            }
+            let decision = decide(phase, hook.failure_policy, controller, &input, &called);
+            if let Some(reason) = &decision.error {
                 warn!(
                     webhook = controller, kind = phase.as_str(), uid = %request.uid,
                     object = %object_ref(&request_value), policy = hook.failure_policy.as_str(),
                     "webhook script could not answer: {reason}"
                 );
-                (
-                    on_failure(response, hook.failure_policy, controller, reason),
-                    Answer::Error,
-                )
-            };
-            match called {
-                Err(e) => failed(response, &e.to_string()),
-                Ok(result) => {
-                    log_stderr(controller, phase, &request.uid, &result);
-                    let decided = if phase == Phase::Validate {
-                        validation_verdict(&result).map(|verdict| {
-                            let mut response = if verdict.allowed {
-                                response.clone()
-                            } else {
-                                response
-                                    .clone()
-                                    .deny(verdict.message.clone().unwrap_or_else(|| {
-                                        format!("denied by nuop webhook {controller}")
-                                    }))
-                            };
-                            if !verdict.warnings.is_empty() {
-                                response.warnings = Some(verdict.warnings);
-                            }
-                            let answer = if verdict.allowed {
-                                Answer::Allowed
-                            } else {
-                                Answer::Denied
-                            };
-                            (response, answer)
-                        })
-                    } else {
-                        mutation_patch(&input["object"], &result).and_then(|patch| match patch {
-                            None => Ok((response.clone(), Answer::Allowed)),
-                            Some(patch) => response
-                                .clone()
-                                .with_patch(patch)
-                                .map(|r| (r, Answer::Mutated))
-                                .map_err(|e| AnswerError::Malformed(e.to_string())),
-                        })
-                    };
-                    match decided {
-                        Ok(decided) => decided,
-                        Err(e) => failed(response, &e.to_string()),
-                    }
-                }
             }
+            if !decision.allowed {
+                response = response.deny(decision.message.clone().unwrap_or_default());
+            }
+            if !decision.warnings.is_empty() {
+                response.warnings = Some(decision.warnings.clone());
+            }
+            if let Some(patch) = decision.patch {
+                response = response
+                    .with_patch(patch)
+                    .map_err(|e| bad(format!("cannot serialize the patch: {e}")))?;
+            }
+            decision.answer
         }
     };
     finish(controller, phase, started, answer);
@@ -236,6 +281,28 @@ pub async fn admit(served: &Served, phase: Phase, body: &[u8]) -> Result<Vec<u8>
         "webhook answered"
     );
     serde_json::to_vec(&response.into_review()).map_err(|e| bad(e.to_string()))
+}
+
+/// Runs `main convert` of `served` on `objects` and checks its answer.
+///
+/// # Errors
+/// Why the conversion failed: the script's error, or an answer that is not the same
+/// objects in `desired`.
+pub async fn call_conversion(
+    served: &Served,
+    desired: &str,
+    objects: &[Value],
+) -> Result<Vec<Value>, String> {
+    let input = conversion_input(desired, objects);
+    let primary = objects.first().cloned().unwrap_or(Value::Null);
+    let timeout = ConversionHook::script_timeout(served.config.timeout);
+    match run(served, Phase::Convert, &input, primary, timeout).await {
+        Err(e) => Err(e.to_string()),
+        Ok(result) => {
+            log_stderr(&served.config.name, Phase::Convert, "", &result);
+            converted_objects(objects, desired, &result).map_err(|e| e.to_string())
+        }
+    }
 }
 
 /// Answers a ConversionReview body with `main convert`.
@@ -266,16 +333,7 @@ pub async fn convert(served: &Served, body: &[u8]) -> Result<Vec<u8>, BadReview>
             Answer::Error,
         )
     } else {
-        let input = conversion_input(&desired, &objects);
-        let primary = objects.first().cloned().unwrap_or(Value::Null);
-        let timeout = ConversionHook::script_timeout(served.config.timeout);
-        let converted = match run(served, Phase::Convert, &input, primary, timeout).await {
-            Err(e) => Err(e.to_string()),
-            Ok(result) => {
-                log_stderr(controller, Phase::Convert, &uid, &result);
-                converted_objects(&objects, &desired, &result).map_err(|e| e.to_string())
-            }
-        };
+        let converted = call_conversion(served, &desired, &objects).await;
         match converted {
             Ok(converted) => (response.success(converted), Answer::Allowed),
             Err(reason) => {
@@ -330,30 +388,56 @@ fn log_stderr(controller: &str, phase: Phase, uid: &str, result: &CallResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::admission::AdmissionResponse;
 
-    fn response() -> AdmissionResponse {
-        let review: AdmissionReview<DynamicObject> = serde_json::from_value(serde_json::json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
-                        "resource": {"group": "", "version": "v1", "resource": "configmaps"},
-                        "operation": "CREATE", "userInfo": {}, "name": "a", "namespace": "ns"}
-        }))
-        .expect("review");
-        let request: AdmissionRequest<DynamicObject> = review.try_into().expect("request");
-        AdmissionResponse::from(&request)
+    fn failed() -> Result<CallResult, ExecError> {
+        Err(ExecError::Engine {
+            script: "c".into(),
+            reason: "boom".into(),
+        })
     }
 
     #[test]
     fn failure_policy_decides_a_failed_call() {
-        let denied = on_failure(response(), FailurePolicy::Fail, "c", "timed out");
+        let input = serde_json::json!({"object": {}});
+        let denied = decide(Phase::Validate, FailurePolicy::Fail, "c", &input, &failed());
         assert!(!denied.allowed);
-        assert_eq!(denied.result.message, "nuop webhook c: timed out");
-        assert_eq!(denied.uid, "u");
-        let admitted = on_failure(response(), FailurePolicy::Ignore, "c", "timed out");
+        assert_eq!(
+            denied.message.as_deref(),
+            Some("nuop webhook c: embedded engine failed for script c: boom")
+        );
+        assert_eq!(denied.answer, Answer::Error);
+        let admitted = decide(Phase::Mutate, FailurePolicy::Ignore, "c", &input, &failed());
         assert!(admitted.allowed);
-        let warnings = admitted.warnings.expect("a warning");
-        assert!(warnings[0].contains("failurePolicy Ignore"), "{warnings:?}");
+        assert!(
+            admitted.warnings[0].contains("failurePolicy Ignore"),
+            "{admitted:?}"
+        );
+        assert_eq!(admitted.answer, Answer::Error);
+    }
+
+    #[test]
+    fn a_denial_without_a_message_names_the_webhook() {
+        let denied = Ok(CallResult {
+            code: 0,
+            stdout: Default::default(),
+            stderr: Default::default(),
+            returned: Some(serde_json::json!({"allowed": false})),
+        });
+        let decision = decide(
+            Phase::Validate,
+            FailurePolicy::Fail,
+            "c",
+            &Value::Null,
+            &denied,
+        );
+        assert_eq!(
+            (
+                decision.allowed,
+                decision.message.as_deref(),
+                decision.answer
+            ),
+            (false, Some("denied by nuop webhook c"), Answer::Denied)
+        );
     }
 
     #[test]
