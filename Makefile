@@ -109,7 +109,7 @@ BENCH_OBJECTS ?= 1000
 # built from the commit before a change: `make bench-e2e BENCH_BASELINE=/path/nuop-standard`.
 BENCH_BASELINE ?=
 
-.PHONY: bench-e2e
+.PHONY: bench-e2e bench-webhooks
 bench-e2e: tools ## nuop next to hand-written kube-rs controllers on the local control plane: the label workload, then the replicator workload.
 	@# The binaries `make test` built: same command, same features, so nothing rebuilds.
 	$(CARGO) test --workspace --profile $(PROFILE) --no-run
@@ -118,6 +118,11 @@ bench-e2e: tools ## nuop next to hand-written kube-rs controllers on the local c
 	    --objects $(BENCH_OBJECTS) --nuop-standard $(TARGET_DIR)/$(PROFILE)/nuop-standard \
 	    --nuop-managed $(TARGET_DIR)/$(PROFILE)/nuop-managed \
 	    $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
+
+bench-webhooks: tools ## Latency a validating webhook adds to 200 creates through the API server (p50/p99, embedded and process executors).
+	@kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); eval "$$($(CONTROL_PLANE) env)"; \
+	  NUOP_NU=$(NU) NUOP_TEST_KUBECONFIG="$$kubeconfig" $(CARGO) test -p nuop-standard --profile $(PROFILE) --test webhooks -- \
+	    --ignored --nocapture bench_added_latency_of_a_validating_webhook 2>&1 | grep -E '^bench-webhooks|test result'
 
 ##@ Deployment
 

@@ -668,3 +668,88 @@ async fn with_nuop_stopped_fail_rejects_and_ignore_admits() {
     .await;
     assert!(ok, "failurePolicy Ignore admits while nuop is down: {out}");
 }
+
+/// p50 and p99 of `samples` (sorted in place), in milliseconds.
+fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[i].as_secs_f64() * 1000.0
+    };
+    (at(0.5), at(0.99))
+}
+
+async fn timed_creates(cms: &Api<ConfigMap>, prefix: &str, count: usize) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(format!("{prefix}-{i}")),
+                labels: Some([("owner".to_string(), "bench".to_string())].into()),
+                ..Default::default()
+            },
+            data: Some([("k".to_string(), "v".to_string())].into()),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .unwrap_or_else(|e| panic!("create {prefix}-{i}: {e}"));
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+/// `make bench-webhooks`: the latency a validating webhook adds to a create through the
+/// API server. 200 ConfigMap creates in a namespace the webhook does not select, then
+/// 200 in one it does (the POLICY script, which admits them), one run per executor;
+/// prints p50/p99 of each and the difference. Not a test (no assertion on times):
+/// ignored unless asked for.
+#[tokio::test]
+#[ignore = "a benchmark: make bench-webhooks"]
+async fn bench_added_latency_of_a_validating_webhook() {
+    const CREATES: usize = 200;
+    for executor in ["embedded", "process"] {
+        let with = TestEnv::new(&format!("wh-bench-with-{executor}")).await;
+        let without = TestEnv::new(&format!("wh-bench-without-{executor}")).await;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let scripts = tmp.path().join("scripts");
+        write_script(
+            &scripts,
+            "policy",
+            &POLICY.replace("NAMESPACE", &with.namespace),
+        );
+        let nuop = Nuop::start(&scripts, tmp.path(), executor);
+        nuop.wait_serving().await;
+        let _configuration = register_validating(
+            &with,
+            &nuop,
+            &[("policy", "/validate/policy", "Fail", 5, None)],
+        )
+        .await;
+        let probe = configmap_yaml("probe", &[("probe", "dry-run")]);
+        eventually("the webhook to be called", LIMIT, || async {
+            let (ok, out) = kubectl(
+                &with.namespace,
+                &["create", "--dry-run=server", "-f", "-"],
+                &probe,
+            )
+            .await;
+            (!ok && out.contains("seen with")).then_some(())
+        })
+        .await;
+        // Warm both paths (connections, caches) before measuring.
+        timed_creates(&without.api::<ConfigMap>(), "warm", 20).await;
+        timed_creates(&with.api::<ConfigMap>(), "warm", 20).await;
+        let mut base = timed_creates(&without.api::<ConfigMap>(), "cm", CREATES).await;
+        let mut hooked = timed_creates(&with.api::<ConfigMap>(), "cm", CREATES).await;
+        let (b50, b99) = percentiles(&mut base);
+        let (h50, h99) = percentiles(&mut hooked);
+        println!(
+            "bench-webhooks {executor}: {CREATES} creates without webhook p50 {b50:.2} ms p99 {b99:.2} ms; \
+             with validating webhook p50 {h50:.2} ms p99 {h99:.2} ms; added p50 {:.2} ms p99 {:.2} ms",
+            h50 - b50,
+            h99 - b99
+        );
+    }
+}

@@ -25,7 +25,8 @@
 //! UPDATE with `oldObject`], `oldObject`, `dryRun`, `userInfo`, `subResource`; for
 //! convert `desiredAPIVersion`), and expect `allowed`, `message` (a pattern), `warnings`
 //! (patterns), `outcome` (allowed, denied, mutated, error) and `output` (the mutated
-//! object, or the list of converted objects).
+//! object, or the list of converted objects). They write nothing; with `--live` their
+//! `k8s` reads go to the real API server and the case's `cluster` is not created there.
 //!
 //! `map` is a reserved phase name and answered "not supported yet"; so is `clock` (the
 //! fake cluster stamps the wall clock).

@@ -592,6 +592,34 @@ pub async fn run_case(
     case: &Case,
     live: Option<&kube::Client>,
 ) -> Result<Value, String> {
+    // Webhook phases write nothing and their object is not stored yet (it is being
+    // admitted): the case's `cluster` goes into a fake, or, with --live, reads go to the
+    // real API server as they are (the case's objects are not created there).
+    if let Some(phase) = case.phase.filter(|p| p.is_webhook()) {
+        let (cluster, fake): (Arc<dyn Cluster>, _) = match live {
+            None => {
+                let fake = Arc::new(
+                    FakeCluster::new(case.cluster.clone()).map_err(|e| format!("cluster: {e}"))?,
+                );
+                (fake.clone(), Some(fake))
+            }
+            Some(client) => (
+                Arc::new(crate::cluster::LiveCluster::new(client.clone(), Vec::new())),
+                None,
+            ),
+        };
+        return webhook_case(
+            runner,
+            config,
+            case,
+            phase,
+            cluster,
+            case.input.clone(),
+            fake,
+            None,
+        )
+        .await;
+    }
     let (cluster, primary, fake, live): (Arc<dyn Cluster>, Value, _, _) = match live {
         None => {
             // The input is one of the cluster's objects from the start, so that a uid
@@ -614,9 +642,6 @@ pub async fn run_case(
             (live.cluster.clone(), primary, None, Some(live))
         }
     };
-    if let Some(phase) = case.phase.filter(|p| p.is_webhook()) {
-        return webhook_case(runner, config, case, phase, cluster, primary, fake, live).await;
-    }
     let controller = config.name.clone();
     let field_manager = format!("nuop-{controller}");
     let finalizer = config.finalizer.as_deref();
