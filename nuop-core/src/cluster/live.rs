@@ -10,8 +10,9 @@
 //! asked of the API server (the object may exist outside the cache's selector). Every
 //! read that goes to the API server (`--live`, or no covering cache) is counted in
 //! `nuop_k8s_uncached_reads_total{controller,kind}`, and the first such read of a kind
-//! (without `--live`) is warned about. Lists go with `resourceVersion=0`
-//! (`ListParams::match_any`), which the API server answers from its watch cache.
+//! (without `--live`) is warned about. Uncached lists go with `resourceVersion=0`
+//! (`ListParams::match_any`), which the API server answers from its watch cache, except
+//! `--live` ones: those are consistent reads, so they see every write that came before.
 //! Writes are forced server-side apply under the controller's field manager, merge or
 //! JSON patches, creates and deletes (404 is not an error). Objects come back without
 //! managedFields.
@@ -314,7 +315,14 @@ impl LiveCluster {
                     }
                 }
                 self.uncached(field_manager, &kind, *live);
-                let mut params = ListParams::default().match_any();
+                // `--live` asks for what the server holds now: a consistent read from
+                // etcd. Otherwise the API server's watch cache (resourceVersion=0) is
+                // fresh enough and much cheaper.
+                let mut params = if *live {
+                    ListParams::default()
+                } else {
+                    ListParams::default().match_any()
+                };
                 if let Some(l) = labels {
                     params = params.labels(l);
                 }

@@ -7,8 +7,9 @@
 //! `hostname`, `tests`, `failures`, `errors`, `time`, `package` and `id`, holding
 //! `properties`, its `testcase`s and `system-out`/`system-err`, in that order; a
 //! `testcase` with `name`, `classname` and `time`, holding at most one `failure` or
-//! `error` with `message` and `type`. `nuop-standard/tests/test_harness.rs` validates
-//! the output against these rules.
+//! `error` with `message` and `type`. `nuop-standard/tests/data/junit.xsd` states these rules
+//! as an XML Schema; `nuop-standard/tests/test_harness.rs` validates the output against it
+//! with xmllint (`the_junit_report_validates_against_the_junit_xsd`).
 
 use std::time::Duration;
 

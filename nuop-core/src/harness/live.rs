@@ -16,7 +16,9 @@
 //! namespaces as the fake would (null, an empty list), filters cluster-wide lists to
 //! them (a `k8s list namespaces` lists the case's namespaces, not the server's), maps
 //! a namespace the script names literally (`--namespace a`) to the server's, and
-//! refuses writes anywhere else, so a case writes only to its own namespaces.
+//! refuses writes anywhere else, so a case writes only to its own namespaces. Its lists
+//! are consistent reads (as with `--live`), never the API server's watch cache, which
+//! may not yet hold what the case created a moment before.
 //!
 //! An owner reference to the input's uid (a case may give the input one) names the
 //! server's uid for the input, and the server's uid reads back as the case's.
@@ -234,12 +236,16 @@ impl Scoped {
                     Some(Some(ns)) => Some(ns),
                     Some(None) => return Ok(json!([])),
                 };
+                // Always a consistent read (see the module doc): from the watch cache
+                // a case failed now and then. The script's own `--live` is recorded
+                // above this layer, in the session.
+                let _ = live;
                 let list = Request::List {
                     kind: kind.clone(),
                     namespace,
                     labels: labels.clone(),
                     fields: fields.clone(),
-                    live: *live,
+                    live: true,
                 };
                 let items = self.inner.execute(manager, &list).await?;
                 Ok(match items {

@@ -141,7 +141,8 @@ pub struct WebhookArgs {
     #[arg(long, env = "NUOP_WEBHOOK_BIND_ADDRESS", default_value = ":9443")]
     pub webhook_bind_address: String,
     /// A directory with `tls.crt` and `tls.key` (a mounted Secret, as cert-manager
-    /// provides) to serve webhooks with.
+    /// provides) to serve webhooks with [default: a self-signed certificate kept in
+    /// the Secret `<identity>-webhook-tls` of $POD_NAMESPACE].
     #[arg(long, env = "NUOP_WEBHOOK_CERT_DIR")]
     pub webhook_cert_dir: Option<std::path::PathBuf>,
     /// Where the API server reaches the webhook server, `https://HOST:PORT` (local
