@@ -135,7 +135,7 @@ BENCH_BASELINE ?=
 # More arguments for the e2e bench, e.g. `--workloads label --variants reference,embedded,embedded-console`.
 BENCH_ARGS ?=
 
-.PHONY: bench-e2e
+.PHONY: bench-e2e bench-webhooks
 bench-e2e: tools ## nuop next to hand-written kube-rs controllers on the local control plane: the label workload, then the replicator workload.
 	@# The binaries `make test` built: same command, same features, so nothing rebuilds.
 	$(CARGO) test --workspace --profile $(PROFILE) --no-run
@@ -144,6 +144,11 @@ bench-e2e: tools ## nuop next to hand-written kube-rs controllers on the local c
 	    --objects $(BENCH_OBJECTS) --nuop-standard $(TARGET_DIR)/$(PROFILE)/nuop-standard \
 	    --nuop-managed $(TARGET_DIR)/$(PROFILE)/nuop-managed \
 	    $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE)) $(BENCH_ARGS)
+
+bench-webhooks: tools ## Latency a validating webhook adds to 200 creates through the API server (p50/p99, embedded and process executors).
+	@kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); eval "$$($(CONTROL_PLANE) env)"; \
+	  NUOP_NU=$(NU) NUOP_TEST_KUBECONFIG="$$kubeconfig" $(CARGO) test -p nuop-standard --profile $(PROFILE) --test webhooks -- \
+	    --ignored --nocapture bench_added_latency_of_a_validating_webhook 2>&1 | grep -E '^bench-webhooks|test result'
 
 ##@ Deployment
 

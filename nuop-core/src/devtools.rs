@@ -38,6 +38,17 @@ pub fn describe(config: &ScriptConfig) -> String {
     if let Some(f) = &config.finalizer {
         line.push_str(&format!("\tfinalizer={f}"));
     }
+    let hooks: Vec<&str> = [
+        (config.webhooks.validate.is_some(), "validate"),
+        (config.webhooks.mutate.is_some(), "mutate"),
+        (config.conversion.is_some(), "convert"),
+    ]
+    .into_iter()
+    .filter_map(|(declared, name)| declared.then_some(name))
+    .collect();
+    if !hooks.is_empty() {
+        line.push_str(&format!("\twebhooks={}", hooks.join(",")));
+    }
     line
 }
 
@@ -263,6 +274,26 @@ pub fn config_findings(
             line_of(Phase::Map),
             "`main map` is never called: no `watches` entry has `map: script`".into(),
         ));
+    }
+    for (declared, phase, field) in [
+        (
+            config.webhooks.validate.is_some(),
+            Phase::Validate,
+            "webhooks.validate",
+        ),
+        (
+            config.webhooks.mutate.is_some(),
+            Phase::Mutate,
+            "webhooks.mutate",
+        ),
+        (config.conversion.is_some(), Phase::Convert, "conversion"),
+    ] {
+        if !declared && crate::script::defines_phase(source, phase) {
+            found.push(at(
+                line_of(phase),
+                format!("`main {phase}` is never called: the config declares no `{field}`"),
+            ));
+        }
     }
     found
 }

@@ -22,10 +22,11 @@
 //!   shutdown around a binary's controllers.
 //! - [`shutdown`]: the cloneable shutdown future every long-running part awaits.
 //! - [`telemetry`]: logs, OTLP traces and the termination signal.
-//! - [`webhook`]: admission and conversion webhooks (certificates, configurations).
 //! - [`init`]: reaping orphans when a binary runs as PID 1.
 //! - [`devtools`]: `check` and `exec` for script authors.
 //! - [`harness`]: `nuop-standard test`, script test cases run without a cluster.
+//! - [`webhook`]: admission and conversion webhooks answered by scripts, over HTTPS
+//!   (server, reviews, certificates, configurations).
 //! - `testing` (cargo feature `testing`, test builds only): connecting tests to the real
 //!   local control plane.
 

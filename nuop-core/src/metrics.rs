@@ -103,6 +103,12 @@ pub struct Metrics {
     pub audit_records: IntCounterVec,
     /// Audit records that could not be written (the sink failed).
     pub audit_write_errors: IntCounter,
+    // --- webhooks (issue 14) ---
+    /// Webhook requests by webhook (controller), kind (validate, mutate, convert) and
+    /// result (allowed, denied, mutated, error).
+    pub webhook_requests: IntCounterVec,
+    /// Time from a webhook request's arrival to its answer, by webhook and kind.
+    pub webhook_duration: HistogramVec,
 }
 
 /// Holds a gauge one higher while alive: incremented on creation, decremented on drop,
@@ -274,6 +280,17 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("register nuop_audit_write_errors_total: {e}"));
                 c
             },
+            // --- webhooks (issue 14) ---
+            webhook_requests: counter(
+                "nuop_webhook_requests_total",
+                "Webhook requests by webhook (controller), kind (validate, mutate, convert) and result (allowed, denied, mutated, error).",
+                &["webhook", "kind", "result"],
+            ),
+            webhook_duration: histogram(
+                "nuop_webhook_request_duration_seconds",
+                "Time from a webhook request's arrival to its answer.",
+                &["webhook", "kind"],
+            ),
             registry,
         }
     }

@@ -111,7 +111,34 @@ pub async fn load_root_within(
 /// script needs `main reconcile`, and one that declares a `finalizer` needs `main
 /// finalize` — without it every deleted object would hang in Terminating — and one that
 /// maps a watch by `map: script` needs `main map`.
+///
+/// A script with `webhooks` or `conversion` needs the phase of each hook it declares
+/// (`main validate`, `main mutate`, `main convert`), and may then go without `main
+/// reconcile`: it is webhook-only and no controller starts for it.
 pub fn missing_phase(config: &ScriptConfig, has: impl Fn(Phase) -> bool) -> Option<String> {
+    let declared = [
+        (
+            config.webhooks.validate.is_some(),
+            Phase::Validate,
+            "webhooks.validate",
+        ),
+        (
+            config.webhooks.mutate.is_some(),
+            Phase::Mutate,
+            "webhooks.mutate",
+        ),
+        (config.conversion.is_some(), Phase::Convert, "conversion"),
+    ];
+    if let Some((_, phase, field)) = declared.iter().find(|(d, p, _)| *d && !has(*p)) {
+        return Some(format!(
+            "script {} declares `{field}` but has no `main {phase}` command",
+            config.name
+        ));
+    }
+    let webhook_only = declared.iter().any(|(d, _, _)| *d);
+    if !has(Phase::Reconcile) && webhook_only {
+        return None;
+    }
     if !has(Phase::Reconcile) {
         return Some(format!(
             "script {} has no `main reconcile` command",
@@ -193,6 +220,26 @@ mod tests {
         assert!(reason.contains("no `main map`"), "{reason}");
         assert_eq!(missing_phase(&mapped, |_| true), None);
         assert_eq!(missing_phase(&config(None), no_map), None);
+    }
+
+    #[test]
+    fn a_webhook_script_needs_its_phases_but_not_reconcile() {
+        let hooks = parse_config_value(
+            "c",
+            &json!({"name": "c", "version": "v1", "kind": "ConfigMap",
+                    "webhooks": {"validate": {}}, "conversion": {"crd": "ws.example.com"}}),
+        )
+        .expect("config");
+        let webhook_only = |p: Phase| matches!(p, Phase::Validate | Phase::Convert);
+        assert_eq!(missing_phase(&hooks, webhook_only), None);
+        let no_convert = |p: Phase| p == Phase::Validate;
+        let reason = missing_phase(&hooks, no_convert).expect("refused");
+        assert!(
+            reason.contains("declares `conversion` but has no `main convert`"),
+            "{reason}"
+        );
+        let reason = missing_phase(&hooks, |p| p == Phase::Reconcile).expect("refused");
+        assert!(reason.contains("`webhooks.validate`"), "{reason}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use nuop_core::controller::ControllerOptions;
 use nuop_core::health::Readiness;
 use nuop_core::protocol::Phase;
-use nuop_core::runtime::{AuditArgs, OperateArgs, operate, run_to_exit};
+use nuop_core::runtime::{AuditArgs, OperateArgs, WebhookArgs, operate, run_to_exit};
 use nuop_core::script::ExecutorKind;
 use nuop_core::shutdown::shutdown_signal;
 
@@ -41,6 +41,7 @@ struct Cli {
     operate: OperateArgs,
     #[command(flatten)]
     audit: AuditArgs,
+    webhooks: WebhookArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,7 +59,7 @@ enum Command {
     Exec {
         /// The script's directory (holding mod.nu).
         dir: PathBuf,
-        /// reconcile, finalize or config.
+        /// config, reconcile, finalize, map, validate, mutate or convert.
         phase: Phase,
         /// Seconds the call may run (default: the script's configured `timeout`, else 30).
         #[arg(long)]
@@ -269,6 +270,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .resolve(DEFAULT_LEADER_ELECTION_ID)
                 .map_err(anyhow::Error::msg)?;
             let audit = cli.audit.open().map_err(anyhow::Error::msg)?;
+            let webhook_options = cli.webhooks.resolve().map_err(anyhow::Error::msg)?;
             let code = run_to_exit("nuop-standard", &cli.log_format, || async move {
                 let client = kube::Client::try_default().await?;
                 let readiness = Readiness::new();
@@ -291,24 +293,47 @@ fn main() -> anyhow::Result<ExitCode> {
                     console,
                 };
                 let scripts = cli.scripts.clone();
-                let executor = cli.executor;
+                // Loaded before leadership: every replica serves the webhooks, the
+                // leader alone runs the controllers.
+                let loaded = nuop_core::standard::load(&scripts, cli.executor)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot read the scripts root {}: {e}", scripts.display())
+                    })?;
+                let registry = nuop_core::standard::webhook_registry(&client, &loaded);
+                // Served until the process exits: the API server keeps calling during
+                // a graceful shutdown.
+                let identity = nuop_core::webhook::Identity {
+                    name: cli
+                        .operate
+                        .leader_election_id
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_LEADER_ELECTION_ID.to_string()),
+                    namespace: nuop_core::runtime::lease_namespace(
+                        None,
+                        std::env::var("POD_NAMESPACE").ok().as_deref(),
+                        std::fs::read_to_string(nuop_core::runtime::SERVICE_ACCOUNT_NAMESPACE_FILE)
+                            .ok()
+                            .as_deref(),
+                    ),
+                };
+                nuop_core::webhook::start(
+                    &client,
+                    &webhook_options,
+                    registry,
+                    identity,
+                    shutdown_signal(std::future::pending::<()>()),
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
                 let stopped = operate(
                     client.clone(),
                     options,
                     readiness,
                     termination,
                     move |stop| async move {
-                        nuop_core::standard::run(
-                            client,
-                            &scripts,
-                            executor,
-                            controller_options,
-                            stop,
-                        )
-                        .await
-                        .map_err(|e| {
-                            format!("cannot read the scripts root {}: {e}", scripts.display())
-                        })
+                        nuop_core::standard::run(client, loaded, controller_options, stop).await;
+                        Ok(())
                     },
                 )
                 .await?;

@@ -105,7 +105,7 @@ fn check_passes_on_the_examples() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).lines().count(),
-        3,
+        6,
         "{}",
         text(&out.stdout)
     );

@@ -171,6 +171,7 @@ pub mod echo;
 pub mod fake;
 mod kinds;
 pub mod live;
+pub mod read_only;
 pub mod recording;
 
 pub use fake::FakeCluster;

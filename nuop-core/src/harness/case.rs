@@ -20,8 +20,16 @@
 //!   exit: 2
 //! ```
 //!
-//! `validate`, `mutate`, `convert` (webhooks) and `map` are reserved phase names and
-//! answered "not supported yet"; so is `clock` (the fake cluster stamps the wall clock).
+//! Webhook phases (`phase: validate | mutate | convert`) take the object of the request
+//! as `input` and the rest of the request under `request` (`operation` [CREATE, or
+//! UPDATE with `oldObject`], `oldObject`, `dryRun`, `userInfo`, `subResource`; for
+//! convert `desiredAPIVersion`), and expect `allowed`, `message` (a pattern), `warnings`
+//! (patterns), `outcome` (allowed, denied, mutated, error) and `output` (the mutated
+//! object, or the list of converted objects). They write nothing; with `--live` their
+//! `k8s` reads go to the real API server and the case's `cluster` is not created there.
+//!
+//! `map` is a reserved phase name and answered "not supported yet"; so is `clock` (the
+//! fake cluster stamps the wall clock).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +47,7 @@ const CASE_KEYS: &[&str] = &[
     "input",
     "cluster",
     "expect",
+    "request",
     "clock",
 ];
 
@@ -59,10 +68,32 @@ pub const EXPECT_KEYS: &[&str] = &[
     "events",
     "requeue",
     "logs",
+    "allowed",
+    "message",
+    "warnings",
 ];
 
 /// The outcomes `expect.outcome` may name.
-pub const OUTCOMES: &[&str] = &["no-change", "changed", "failed", "ignored"];
+pub const OUTCOMES: &[&str] = &[
+    "no-change",
+    "changed",
+    "failed",
+    "ignored",
+    "allowed",
+    "denied",
+    "mutated",
+    "error",
+];
+
+/// Keys `request` (webhook phases) may have.
+const REQUEST_KEYS: &[&str] = &[
+    "operation",
+    "oldObject",
+    "dryRun",
+    "userInfo",
+    "subResource",
+    "desiredAPIVersion",
+];
 
 /// Kinds without a status subresource: for them `.status` is written with the object.
 const NO_STATUS_SUBRESOURCE: &[&str] = &[
@@ -97,6 +128,8 @@ pub struct Case {
     pub cluster: Vec<Value>,
     /// The expectations, validated: only [`EXPECT_KEYS`], each of the right shape.
     pub expect: Map<String, Value>,
+    /// The rest of a webhook request (only [`REQUEST_KEYS`]); empty for other phases.
+    pub request: Map<String, Value>,
 }
 
 /// A malformed case file.
@@ -236,7 +269,7 @@ pub fn parse_case(
     if let Some(unknown) = root.keys().find(|k| !CASE_KEYS.contains(&k.as_str())) {
         return Err(p.error(
             unknown,
-            format!("unknown field; a case has {}", CASE_KEYS[..7].join(", ")),
+            format!("unknown field; a case has {}", CASE_KEYS[..8].join(", ")),
         ));
     }
     if root.contains_key("clock") {
@@ -263,31 +296,29 @@ pub fn parse_case(
         Some(Value::String(s)) => match s.as_str() {
             "reconcile" => Some(Phase::Reconcile),
             "finalize" => Some(Phase::Finalize),
-            "validate" | "mutate" | "convert" => {
-                return Err(p.error(
-                    "phase",
-                    format!(
-                        "`{s}` (webhooks) is not supported yet; expected reconcile or finalize"
-                    ),
-                ));
-            }
+            "validate" => Some(Phase::Validate),
+            "mutate" => Some(Phase::Mutate),
+            "convert" => Some(Phase::Convert),
             "map" | "config" => {
                 return Err(p.error(
                     "phase",
-                    format!("`{s}` is not supported yet; expected reconcile or finalize"),
+                    format!("`{s}` is not supported yet; expected reconcile, finalize, validate, mutate or convert"),
                 ));
             }
             other => {
                 return Err(p.error(
                     "phase",
-                    format!("unknown phase `{other}`; expected reconcile or finalize"),
+                    format!("unknown phase `{other}`; expected reconcile, finalize, validate, mutate or convert"),
                 ));
             }
         },
         Some(other) => {
             return Err(p.error(
                 "phase",
-                format!("expected reconcile or finalize, found {}", type_name(other)),
+                format!(
+                    "expected reconcile, finalize, validate, mutate or convert, found {}",
+                    type_name(other)
+                ),
             ));
         }
     };
@@ -375,7 +406,32 @@ pub fn parse_case(
         }
     };
     validate_expect(&expect).map_err(|(field, message)| p.error(&field, message))?;
+    let request = match root.get("request") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) if phase.is_some_and(Phase::is_webhook) => {
+            if let Some(unknown) = map.keys().find(|k| !REQUEST_KEYS.contains(&k.as_str())) {
+                return Err(p.error(
+                    &format!("request.{unknown}"),
+                    format!("unknown field; a request has {}", REQUEST_KEYS.join(", ")),
+                ));
+            }
+            map.clone()
+        }
+        Some(Value::Object(_)) => {
+            return Err(p.error(
+                "request",
+                "only webhook phases (validate, mutate, convert) take a request",
+            ));
+        }
+        Some(other) => {
+            return Err(p.error(
+                "request",
+                format!("expected a mapping, found {}", type_name(other)),
+            ));
+        }
+    };
     Ok(Case {
+        request,
         file: file.to_path_buf(),
         name,
         phase,
@@ -420,11 +476,26 @@ pub fn validate_expect(expect: &Map<String, Value>) -> Result<(), (String, Strin
                 _ => return fail(field, format!("expected a pattern or null, found {found}")),
             },
             "output" | "outputExact" | "object" | "objectExact" => {
-                if !(value.is_object() || value.is_null()) {
+                // A list: the objects a conversion answered.
+                if !(value.is_object() || value.is_null() || value.is_array()) {
                     return fail(field, format!("expected an object or null, found {found}"));
                 }
             }
             "status" => {}
+            "allowed" => {
+                if !value.is_boolean() {
+                    return fail(field, format!("expected true or false, found {found}"));
+                }
+            }
+            "message" => match value {
+                Value::Null => {}
+                Value::String(pattern) => {
+                    if let Err(e) = regex::Regex::new(pattern) {
+                        return fail(field, format!("not a regular expression: {e}"));
+                    }
+                }
+                _ => return fail(field, format!("expected a pattern or null, found {found}")),
+            },
             "commands" | "commandsOrdered" | "events" | "cluster" | "absent" => {
                 let Value::Array(items) = value else {
                     return fail(field, format!("expected a list, found {found}"));
@@ -471,7 +542,7 @@ pub fn validate_expect(expect: &Map<String, Value>) -> Result<(), (String, Strin
                     );
                 }
             }
-            "logs" => {
+            "logs" | "warnings" => {
                 let Value::Array(items) = value else {
                     return fail(field, format!("expected a list of patterns, found {found}"));
                 };
@@ -577,9 +648,18 @@ mod tests {
                 "input.file: expected one object, found 2",
             ),
             ("inptu: {}\n", "s/tests/a.yaml: inptu: unknown field"),
+            ("phase: map\n", "phase: `map` is not supported yet"),
             (
-                "phase: validate\n",
-                "phase: `validate` (webhooks) is not supported yet",
+                "request: {operation: CREATE}\n",
+                "request: only webhook phases (validate, mutate, convert) take a request",
+            ),
+            (
+                "phase: validate\nrequest: {verb: CREATE}\n",
+                "request.verb: unknown field",
+            ),
+            (
+                "expect: {allowed: yes}\n",
+                "expect.allowed: expected true or false",
             ),
             ("phase: reconcle\n", "phase: unknown phase `reconcle`"),
             ("clock: 2026-01-01T00:00:00Z\n", "clock: not supported yet"),

@@ -681,6 +681,7 @@ mod tests {
             input,
             cluster,
             expect: serde_json::Map::new(),
+            request: serde_json::Map::new(),
         }
     }
 

@@ -592,6 +592,34 @@ pub async fn run_case(
     case: &Case,
     live: Option<&kube::Client>,
 ) -> Result<Value, String> {
+    // Webhook phases write nothing and their object is not stored yet (it is being
+    // admitted): the case's `cluster` goes into a fake, or, with --live, reads go to the
+    // real API server as they are (the case's objects are not created there).
+    if let Some(phase) = case.phase.filter(|p| p.is_webhook()) {
+        let (cluster, fake): (Arc<dyn Cluster>, _) = match live {
+            None => {
+                let fake = Arc::new(
+                    FakeCluster::new(case.cluster.clone()).map_err(|e| format!("cluster: {e}"))?,
+                );
+                (fake.clone(), Some(fake))
+            }
+            Some(client) => (
+                Arc::new(crate::cluster::LiveCluster::new(client.clone(), Vec::new())),
+                None,
+            ),
+        };
+        return webhook_case(
+            runner,
+            config,
+            case,
+            phase,
+            cluster,
+            case.input.clone(),
+            fake,
+            None,
+        )
+        .await;
+    }
     let (cluster, primary, fake, live): (Arc<dyn Cluster>, Value, _, _) = match live {
         None => {
             // The input is one of the cluster's objects from the start, so that a uid
@@ -897,6 +925,153 @@ pub async fn run_case(
         "cluster": objects.iter().map(normalize).collect::<Vec<_>>(),
         "events": events,
         "requeue": ended.requeue,
+        "logs": logs,
+    });
+    Ok(match live {
+        None => actual,
+        Some(live) => {
+            live.delete_with(&objects).await;
+            map_back(&actual, &live.back)
+        }
+    })
+}
+
+/// Runs a webhook case (`phase: validate | mutate | convert`) as the webhook server
+/// would: the request built from `input` and `request`, the script's `k8s` commands
+/// read-only, the answer decided by [`crate::webhook::review::decide`] (or the
+/// conversion checks). Nothing is written, so the cluster stays as the case put it.
+#[allow(clippy::too_many_arguments)]
+async fn webhook_case(
+    runner: &ScriptRunner,
+    config: &ScriptConfig,
+    case: &Case,
+    phase: Phase,
+    cluster: Arc<dyn Cluster>,
+    primary: Value,
+    fake: Option<Arc<FakeCluster>>,
+    live: Option<LiveCase>,
+) -> Result<Value, String> {
+    use crate::webhook::review::{call_admission, call_conversion, decide};
+    let recording = Arc::new(crate::cluster::Recording::new(cluster));
+    let mut served_config = config.clone();
+    if let Some(timeout) = case.timeout {
+        served_config.timeout = timeout;
+    }
+    let served = crate::webhook::Served {
+        config: served_config,
+        runner: runner.clone(),
+        cluster: Some(recording.clone() as Arc<dyn Cluster>),
+    };
+    let mut logs = Vec::new();
+    let (exit, outcome, error, allowed, message, warnings, output) = if phase == Phase::Convert {
+        let desired = case
+            .request
+            .get("desiredAPIVersion")
+            .and_then(Value::as_str)
+            .ok_or("request.desiredAPIVersion: a convert case names the version to convert to")?;
+        match call_conversion(&served, desired, std::slice::from_ref(&primary)).await {
+            Ok(objects) => (
+                Value::Null,
+                "allowed",
+                Value::Null,
+                true,
+                Value::Null,
+                Vec::new(),
+                Value::Array(objects.iter().map(normalize).collect()),
+            ),
+            Err(reason) => (
+                Value::Null,
+                "error",
+                Value::String(reason),
+                false,
+                Value::Null,
+                Vec::new(),
+                Value::Null,
+            ),
+        }
+    } else {
+        let hook = match phase {
+            Phase::Validate => config.webhooks.validate.as_ref(),
+            _ => config.webhooks.mutate.as_ref(),
+        }
+        .ok_or_else(|| format!("the script's config declares no `webhooks.{phase}`"))?;
+        let mut request: Map<String, Value> = case.request.clone();
+        let operation = if request.contains_key("oldObject") {
+            "UPDATE"
+        } else {
+            "CREATE"
+        };
+        request
+            .entry("operation")
+            .or_insert_with(|| json!(operation));
+        let (group, version) = crate::cluster::split_api_version(
+            primary
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("v1"),
+        );
+        request.insert("uid".into(), json!("nuop-test"));
+        request.insert(
+            "kind".into(),
+            json!({"group": group, "version": version, "kind": primary["kind"]}),
+        );
+        request.insert("name".into(), primary["metadata"]["name"].clone());
+        if let Some(ns) = primary.pointer("/metadata/namespace") {
+            request.insert("namespace".into(), ns.clone());
+        }
+        request.insert("object".into(), primary.clone());
+        let input = crate::protocol::admission::admission_input(&Value::Object(request));
+        let called = call_admission(&served, phase, hook, &input).await;
+        match &called {
+            Ok(result) => logs.extend(log_lines(&result.stderr.text)),
+            Err(e) => {
+                if let Some(stderr) = e.stderr() {
+                    logs.extend(log_lines(&stderr.text));
+                }
+            }
+        }
+        let decision = decide(phase, hook.failure_policy, &config.name, &input, &called);
+        let output = match &decision.patch {
+            Some(patch) => {
+                let mut patched = primary.clone();
+                json_patch::patch(&mut patched, patch)
+                    .map_err(|e| format!("the computed patch does not apply: {e}"))?;
+                normalize(&patched)
+            }
+            None => Value::Null,
+        };
+        (
+            called.as_ref().map_or(Value::Null, |r| json!(r.code)),
+            decision.answer.label(),
+            decision.error.map_or(Value::Null, Value::String),
+            decision.allowed,
+            decision.message.map_or(Value::Null, Value::String),
+            decision.warnings,
+            output,
+        )
+    };
+    let issued = recording.requests();
+    let commands: Vec<Value> = issued.iter().map(command_view).collect();
+    let objects = match (&fake, &live) {
+        (Some(fake), _) => fake.objects(),
+        (None, Some(live)) => live.objects(&kinds_of(case, &issued)).await,
+        (None, None) => Vec::new(),
+    };
+    let object = normalize(&primary);
+    let actual = json!({
+        "exit": exit,
+        "outcome": outcome,
+        "error": error,
+        "allowed": allowed,
+        "message": message,
+        "warnings": warnings,
+        "output": output,
+        "status": object.get("status").cloned().unwrap_or(Value::Null),
+        "object": object,
+        "commands": commands,
+        "cluster": objects.iter().map(normalize).collect::<Vec<_>>(),
+        "events": [],
+        "requeue": Value::Null,
         "logs": logs,
     });
     Ok(match live {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::hooks::{ConversionHook, Webhooks, parse_conversion, parse_webhooks};
 use super::related::{ListKind, RelatedKind, parse_related};
 
 /// Default seconds before reconciling again after the script changed something.
@@ -52,6 +53,10 @@ pub struct ScriptConfig {
     pub watches: Vec<RelatedKind>,
     /// Kinds cached for `k8s get`/`k8s list` only (`reads`).
     pub reads: Vec<RelatedKind>,
+    /// Admission webhooks answered by `main validate` / `main mutate` (`webhooks`).
+    pub webhooks: Webhooks,
+    /// The CRD `main convert` converts (`conversion`).
+    pub conversion: Option<ConversionHook>,
 }
 
 impl ScriptConfig {
@@ -127,7 +132,8 @@ pub enum ConfigProblem {
         /// What is wrong with its value.
         reason: String,
     },
-    /// Something is wrong inside an entry of `owns`, `watches` or `reads`.
+    /// Something is wrong inside an entry of `owns`, `watches` or `reads`, or inside
+    /// `webhooks` / `conversion`.
     At {
         /// Where, as a path: `watches[1].map`, `owns[0]` for the entry itself.
         path: String,
@@ -205,6 +211,8 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("owns", &["owns"]),
     ("watches", &["watches"]),
     ("reads", &["reads"]),
+    ("webhooks", &["webhooks"]),
+    ("conversion", &["conversion"]),
 ];
 
 /// Parses `config` output text (YAML or JSON) and validates it.
@@ -373,6 +381,8 @@ fn validate(value: &Value) -> Result<ScriptConfig, ConfigProblem> {
         None => None,
     };
 
+    let webhooks = parse_webhooks(get("webhooks"), (&group, &version, &kind))?;
+    let conversion = parse_conversion(get("conversion"))?;
     Ok(ScriptConfig {
         name,
         group,
@@ -390,6 +400,8 @@ fn validate(value: &Value) -> Result<ScriptConfig, ConfigProblem> {
         owns: parse_related(get("owns"), ListKind::Owns)?,
         watches: parse_related(get("watches"), ListKind::Watches)?,
         reads: parse_related(get("reads"), ListKind::Reads)?,
+        webhooks,
+        conversion,
     })
 }
 

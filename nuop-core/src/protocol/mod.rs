@@ -4,7 +4,9 @@
 //! No I/O here; the executors in [`crate::script`] produce the raw text and codes that
 //! these functions interpret.
 
+pub mod admission;
 mod config;
+pub mod hooks;
 mod outcome;
 mod related;
 
@@ -32,11 +34,36 @@ pub enum Phase {
     /// `map: script`). Input: the related object; output: `[{namespace, name}]` or one
     /// such record.
     Map,
+    /// `main validate`: admit or deny an admission request. Input: the request
+    /// (`{operation, object, oldObject, userInfo, dryRun, subResource}`); output:
+    /// `{allowed, message?, warnings?}` (see [`admission`]).
+    Validate,
+    /// `main mutate`: the changed object of an admission request (same input as
+    /// validate); nuop answers the JSON patch.
+    Mutate,
+    /// `main convert`: objects in another apiVersion of a CRD. Input:
+    /// `{desiredAPIVersion, objects}`; output: the converted objects.
+    Convert,
 }
 
 impl Phase {
     /// Every phase, in the order a controller uses them.
-    pub const ALL: [Phase; 4] = [Phase::Config, Phase::Reconcile, Phase::Finalize, Phase::Map];
+    pub const ALL: [Phase; 7] = [
+        Phase::Config,
+        Phase::Reconcile,
+        Phase::Finalize,
+        Phase::Map,
+        Phase::Validate,
+        Phase::Mutate,
+        Phase::Convert,
+    ];
+
+    /// Whether the phase answers a webhook: its `k8s` commands may read but never
+    /// write (webhooks declare `sideEffects: None`; test
+    /// `cluster::read_only::tests::writes_are_refused_and_reads_pass`).
+    pub fn is_webhook(self) -> bool {
+        matches!(self, Self::Validate | Self::Mutate | Self::Convert)
+    }
 
     /// The subcommand name, as scripts and `NUOP_PHASE` spell it.
     pub fn as_str(self) -> &'static str {
@@ -45,6 +72,9 @@ impl Phase {
             Self::Reconcile => "reconcile",
             Self::Finalize => "finalize",
             Self::Map => "map",
+            Self::Validate => "validate",
+            Self::Mutate => "mutate",
+            Self::Convert => "convert",
         }
     }
 }
@@ -63,7 +93,7 @@ impl std::str::FromStr for Phase {
             .into_iter()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown phase `{s}`: expected config, reconcile, finalize or map")
+                format!("unknown phase `{s}`: expected config, reconcile, finalize, map, validate, mutate or convert")
             })
     }
 }

@@ -187,6 +187,65 @@ pub fn parse_console_address(text: &str) -> Result<Option<SocketAddr>, String> {
     parse_bind_address(text)
 }
 
+// --- webhooks (issue 14) ---
+
+/// The webhook server's flags, for every binary that runs scripts (flatten into its
+/// clap parser).
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// Address of the HTTPS server for `main validate`/`mutate`/`convert` (`:9443`;
+    /// `0` turns it off). It is started only when a script declares `webhooks` or
+    /// `conversion`.
+    #[arg(long, env = "NUOP_WEBHOOK_BIND_ADDRESS", default_value = ":9443")]
+    pub webhook_bind_address: String,
+    /// A directory with `tls.crt` and `tls.key` (a mounted Secret, as cert-manager
+    /// provides) to serve webhooks with [default: a self-signed certificate kept in
+    /// the Secret `<identity>-webhook-tls` of $POD_NAMESPACE].
+    #[arg(long, env = "NUOP_WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<std::path::PathBuf>,
+    /// Where the API server reaches the webhook server, `https://HOST:PORT` (local
+    /// development and tests; otherwise the Service): the base of the URLs written
+    /// into the webhook configurations.
+    #[arg(long, env = "NUOP_WEBHOOK_URL_BASE")]
+    pub webhook_url_base: Option<String>,
+}
+
+/// The webhook server's settings, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookOptions {
+    /// Where to serve; `None` turns webhooks off.
+    pub bind_address: Option<SocketAddr>,
+    /// `--webhook-cert-dir`.
+    pub cert_dir: Option<std::path::PathBuf>,
+    /// `--webhook-url-base`, without a trailing `/`.
+    pub url_base: Option<String>,
+}
+
+impl WebhookArgs {
+    /// Resolves the flags.
+    ///
+    /// # Errors
+    /// A message naming the flag that is wrong.
+    pub fn resolve(&self) -> Result<WebhookOptions, String> {
+        let bind_address = parse_bind_address(&self.webhook_bind_address)
+            .map_err(|e| format!("--webhook-bind-address: {e}"))?;
+        let url_base = match self.webhook_url_base.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) if url.starts_with("https://") => Some(url.trim_end_matches('/').to_string()),
+            Some(url) => {
+                return Err(format!(
+                    "--webhook-url-base: `{url}` must start with https:// (the API server calls webhooks over TLS only)"
+                ));
+            }
+        };
+        Ok(WebhookOptions {
+            bind_address,
+            cert_dir: self.webhook_cert_dir.clone(),
+            url_base,
+        })
+    }
+}
+
 /// The Lease's namespace: the flag, else `POD_NAMESPACE`, else the service-account
 /// namespace file's content; blank values count as unset.
 pub fn lease_namespace(
@@ -244,6 +303,45 @@ mod tests {
         let mut all = vec!["test"];
         all.extend_from_slice(args);
         Cli::try_parse_from(all).expect("parse").operate
+    }
+
+    #[derive(Parser, Debug)]
+    struct WebhookCli {
+        #[command(flatten)]
+        webhooks: WebhookArgs,
+    }
+
+    #[test]
+    fn webhook_flags_default_to_controller_runtimes_port() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["test"];
+            all.extend_from_slice(args);
+            WebhookCli::try_parse_from(all)
+                .expect("parse")
+                .webhooks
+                .resolve()
+        };
+        let options = parse(&[]).expect("defaults");
+        assert_eq!(
+            options.bind_address,
+            Some("0.0.0.0:9443".parse().expect("addr"))
+        );
+        assert_eq!(options.url_base, None);
+        assert_eq!(
+            parse(&["--webhook-bind-address", "0"])
+                .expect("off")
+                .bind_address,
+            None
+        );
+        assert_eq!(
+            parse(&["--webhook-url-base", "https://127.0.0.1:9443/"])
+                .expect("url")
+                .url_base
+                .as_deref(),
+            Some("https://127.0.0.1:9443")
+        );
+        let err = parse(&["--webhook-url-base", "http://x"]).expect_err("http");
+        assert!(err.starts_with("--webhook-url-base"), "{err}");
     }
 
     #[test]

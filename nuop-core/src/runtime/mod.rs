@@ -33,8 +33,8 @@ pub mod args;
 pub mod exit;
 
 pub use args::{
-    AuditArgs, OperateArgs, RuntimeOptions, SERVICE_ACCOUNT_NAMESPACE_FILE, lease_namespace,
-    parse_duration,
+    AuditArgs, OperateArgs, RuntimeOptions, SERVICE_ACCOUNT_NAMESPACE_FILE, WebhookArgs,
+    WebhookOptions, lease_namespace, parse_duration,
 };
 pub use exit::run_to_exit;
 
