@@ -696,7 +696,9 @@ async fn only_commits_signed_by_an_allowed_key_run() {
 
     // Each bad commit is rejected with the commit and the reason in the status, the
     // rejected count and the log; v1 keeps running.
-    let cases: [(&str, Box<dyn Fn() -> String>, String); 3] = [
+    // (what, how to make the commit, what the rejection says)
+    type Case<'a> = (&'a str, Box<dyn Fn() -> String + 'a>, String);
+    let cases: [Case<'_>; 3] = [
         (
             "unsigned",
             Box::new(|| repo.commit("unsigned")),

@@ -671,6 +671,7 @@ async fn network_policies_are_valid_and_open_only_the_deployments_ports() {
         &operator,
         &Settings {
             default_image: IMAGE.to_string(),
+            webhooks: None,
         },
         "hash",
     )
@@ -724,6 +725,8 @@ async fn network_policies_are_valid_and_open_only_the_deployments_ports() {
         .create(&PostParams::default(), &managed)
         .await
         .expect("the API server accepts the rendered managed template");
+}
+
 /// Publishes `hooks` in the NuOperator's status as its managed pods would (their field
 /// manager, their field), re-installing the CRD first: parallel test runs on the shared
 /// control plane may have applied an older schema without `status.webhooks`.

@@ -41,6 +41,7 @@ struct Cli {
     operate: OperateArgs,
     #[command(flatten)]
     audit: AuditArgs,
+    #[command(flatten)]
     webhooks: WebhookArgs,
 }
 

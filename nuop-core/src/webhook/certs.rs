@@ -112,9 +112,9 @@ pub enum CertError {
         namespace: String,
         /// The Secret's name.
         name: String,
-        /// The API error.
+        /// The API error (boxed: it is large, and errors should be cheap to return).
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The Secret exists but nuop does not manage it, so it is left alone.
     #[error(
@@ -765,7 +765,7 @@ impl SecretRef {
             action,
             namespace: self.namespace.clone(),
             name: self.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
