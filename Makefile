@@ -20,6 +20,8 @@ IMG_MANAGER    ?= ghcr.io/nuop-dev/nuop-manager:latest
 IMG_MANAGED    ?= ghcr.io/nuop-dev/nuop-managed:latest
 
 export NUOP_NU := $(NU)
+# promtool, unpacked by `make test-deps` (see PROMTOOL below), is found on PATH by the tests.
+export PATH := $(TOOLS_DIR)/prometheus/usr/bin:$(PATH)
 
 ##@ General
 
