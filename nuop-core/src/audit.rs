@@ -17,8 +17,9 @@
 //! # What a record never holds
 //!
 //! Values. `changed` lists the paths a request sets or removes, never what it sets them
-//! to. For a Secret even the paths stop at `/data` and `/stringData` (key names are
-//! left out too), and an error is reduced to its class (`422 Invalid`,
+//! to (`merge_patches_list_their_leaves_without_values`, and on the real cluster
+//! `tests/audit.rs` `secret_values_never_reach_the_audit_log`). For a Secret even the
+//! paths stop at `/data` and `/stringData` (key names are left out too), and an error is reduced to its class (`422 Invalid`,
 //! `nuop::k8s::invalid`): the API server's message may quote what it refused. The full
 //! error is in the controller's log as before. Tested by `secrets_show_no_keys` below
 //! and, against the API server with the secret-cloner example, by
@@ -181,7 +182,7 @@ pub enum Change<'a> {
 }
 
 /// The changed paths of `change` as JSON pointers (RFC 6901), sorted and deduplicated,
-/// never a value: lists count as one leaf (a merge patch replaces them whole), empty
+/// without values (`merge_patches_list_their_leaves_without_values`): lists count as one leaf (a merge patch replaces them whole), empty
 /// records as none, and `/metadata/resourceVersion` is left out (a precondition, not a
 /// change). For a Secret (`secret`), pointers below `/data` and `/stringData` stop
 /// there, so that not even key names are listed (`secrets_show_no_keys`). At most
@@ -315,7 +316,7 @@ fn digest_dir(base: &Path, dir: &Path, feed: &mut impl FnMut(&[u8])) -> std::io:
 pub struct Record {
     /// RFC 3339, UTC, when the write finished (or was abandoned).
     pub time: String,
-    /// Always [`TARGET`].
+    /// [`TARGET`], the log target every record is written under.
     pub target: &'static str,
     /// The controller (script or mapping name).
     pub controller: String,

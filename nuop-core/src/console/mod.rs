@@ -5,14 +5,15 @@
 //!
 //! This module owns the state and the HTTP server (I/O: binds a socket, serves axum
 //! routes). The decisions are pure, in its own modules: [`journal`] (triggers, records,
-//! the bounded ring per controller), [`view`] (what is shown, as plain data; never a
-//! Secret's contents) and [`page`] (HTML rendering). The script for the live tail and
+//! the bounded ring per controller), [`view`] (what is shown, as plain data; no
+//! Secret's contents: `view::tests::secrets_are_never_shown`) and [`page`] (HTML rendering). The script for the live tail and
 //! the style sheet are compiled into the binary (`assets/`): no CDN, so it works on
 //! offline clusters.
 //!
-//! Recording never slows a reconcile down: the console's locks are `std::sync::Mutex`es
-//! held for a push or a lookup only, never across an `.await`, and the live tail is a
-//! `tokio::sync::broadcast` whose `send` never waits: a reader that falls behind
+//! Recording is kept off the reconcile's critical path: the console's locks are
+//! `std::sync::Mutex`es held for a push or a lookup only, not across an `.await`, and
+//! the live tail is a `tokio::sync::broadcast`, whose `send` does not wait: a reader that
+//! falls behind
 //! misses records and is sent them again from the rings (`a_lagging_tail_is_refilled_from_the_rings`).
 //! Without `--console-bind-address` nothing is recorded at all (`ControllerOptions::console`
 //! is `None`).
