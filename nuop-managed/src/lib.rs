@@ -36,14 +36,14 @@ pub mod webhooks;
 
 pub use nuop_crd::location;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::Client;
 use nuop_core::controller::{ControllerOptions, Shutdown};
 use nuop_core::script::ExecutorKind;
 use nuop_crd::ManagedConfig;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use crate::credentials::SecretReader;
@@ -70,6 +70,9 @@ pub struct Settings {
     /// The longest loading one script (parse and top level) may take; a script that
     /// outlives it rejects its revision.
     pub load_timeout: Duration,
+    /// Where and with which certificate to serve the scripts' webhooks
+    /// ([`webhooks::serve`]); the default serves none.
+    pub webhooks: nuop_core::runtime::WebhookOptions,
 }
 
 /// The cache directory name of source number `index` at `url`: a new URL at the same
@@ -95,6 +98,81 @@ pub async fn run(
             settings.cache_dir.display()
         )
     })?;
+    let (reports, mut received) = mpsc::channel(16);
+    let mut tasks = tokio::task::JoinSet::new();
+    let states = spawn_sources(
+        &client,
+        &settings,
+        &settings.cache_dir,
+        &reports,
+        &shutdown,
+        &mut tasks,
+    );
+    drop(reports);
+    info!(
+        sources = states.len(),
+        mappings = settings.config.mappings.len(),
+        interval = ?settings.sync_interval,
+        "managed mode starting"
+    );
+    let operator = &settings.config.nu_operator;
+    let status = (!operator.name.is_empty() && !operator.namespace.is_empty())
+        .then(|| StatusWriter::new(client.clone(), operator.clone()));
+    let (stopped, mut finished) = mpsc::unbounded_channel();
+    // The webhooks the running scripts declare, for the manager to register: `None`
+    // until every source has a good revision, so that a restart never publishes a
+    // partial list (which would remove configurations for a moment).
+    let (declared, declared_rx) = watch::channel(None);
+    if let Some(operator) =
+        (!operator.name.is_empty() && !operator.namespace.is_empty()).then(|| operator.clone())
+    {
+        tokio::spawn(webhooks::publish(
+            client.clone(),
+            operator,
+            declared_rx,
+            shutdown.clone(),
+        ));
+    }
+    let mut supervisor = Supervisor::new(
+        client,
+        settings.config.mappings.clone(),
+        options,
+        states,
+        status,
+        shutdown.clone(),
+        stopped,
+    )
+    .publishing(declared);
+    if settings.config.sources.is_empty() {
+        supervisor.apply().await;
+    }
+    supervisor.write_status().await;
+    loop {
+        tokio::select! {
+            report = received.recv() => match report {
+                Some(report) => supervisor.handle(report).await,
+                None => break,
+            },
+            Some(mapping) = finished.recv() => supervisor.controller_stopped(&mapping).await,
+            () = shutdown.clone() => break,
+        }
+    }
+    tasks.abort_all();
+    supervisor.finish().await;
+    Ok(())
+}
+
+/// Spawns one [`SourceTask`] per source of `settings` into `tasks`, caching under
+/// `cache_root` and reporting on `reports`; returns the sources' initial states (an
+/// invalid location is reported there and gets no task).
+fn spawn_sources(
+    client: &Client,
+    settings: &Settings,
+    cache_root: &Path,
+    reports: &mpsc::Sender<sync::Report>,
+    shutdown: &Shutdown,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Vec<SourceState> {
     let namespace = Some(settings.config.nu_operator.namespace.clone())
         .filter(|n| !n.is_empty())
         .or_else(|| std::env::var("POD_NAMESPACE").ok());
@@ -104,9 +182,7 @@ pub async fn run(
         dir: settings.secrets_dir.clone(),
         api,
     };
-    let (reports, mut received) = mpsc::channel(16);
     let mut states = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
     for (index, source) in settings.config.sources.iter().enumerate() {
         match location::parse(
             &source.location,
@@ -114,9 +190,7 @@ pub async fn run(
             source.path.as_deref(),
         ) {
             Ok(location) => {
-                let cache = settings
-                    .cache_dir
-                    .join(source_dir_name(index, &location.url));
+                let cache = cache_root.join(source_dir_name(index, &location.url));
                 states.push(SourceState {
                     location: location::redact(&source.location),
                     cache: Some(cache.clone()),
@@ -148,43 +222,7 @@ pub async fn run(
             }
         }
     }
-    drop(reports);
-    info!(
-        sources = states.len(),
-        mappings = settings.config.mappings.len(),
-        interval = ?settings.sync_interval,
-        "managed mode starting"
-    );
-    let operator = &settings.config.nu_operator;
-    let status = (!operator.name.is_empty() && !operator.namespace.is_empty())
-        .then(|| StatusWriter::new(client.clone(), operator.clone()));
-    let (stopped, mut finished) = mpsc::unbounded_channel();
-    let mut supervisor = Supervisor::new(
-        client,
-        settings.config.mappings.clone(),
-        options,
-        states,
-        status,
-        shutdown.clone(),
-        stopped,
-    );
-    if settings.config.sources.is_empty() {
-        supervisor.apply().await;
-    }
-    supervisor.write_status().await;
-    loop {
-        tokio::select! {
-            report = received.recv() => match report {
-                Some(report) => supervisor.handle(report).await,
-                None => break,
-            },
-            Some(mapping) = finished.recv() => supervisor.controller_stopped(&mapping).await,
-            () = shutdown.clone() => break,
-        }
-    }
-    tasks.abort_all();
-    supervisor.finish().await;
-    Ok(())
+    states
 }
 
 #[cfg(test)]

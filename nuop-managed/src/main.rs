@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use nuop_core::controller::{ControllerOptions, shutdown_signal};
 use nuop_core::health::Readiness;
-use nuop_core::runtime::{AuditArgs, OperateArgs, operate, parse_duration, run_to_exit};
+use nuop_core::runtime::{
+    AuditArgs, OperateArgs, WebhookArgs, operate, parse_duration, run_to_exit,
+};
 use nuop_core::script::ExecutorKind;
 use nuop_crd::ManagedConfig;
 
@@ -49,6 +51,8 @@ struct Cli {
     operate: OperateArgs,
     #[command(flatten)]
     audit: AuditArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
 }
 
 /// Where the managed configuration is mounted when no flag or env var says otherwise.
@@ -79,6 +83,12 @@ fn main() -> anyhow::Result<()> {
     let lease = format!("nuop-managed-{}", config.nu_operator.name);
     let options = cli.operate.resolve(&lease).map_err(anyhow::Error::msg)?;
     let audit = cli.audit.open().map_err(anyhow::Error::msg)?;
+    let webhooks = cli.webhooks.resolve().map_err(anyhow::Error::msg)?;
+    if webhooks.url_base.is_some() || webhooks.service.is_some() {
+        anyhow::bail!(
+            "--webhook-url-base/--webhook-service: managed pods never register webhooks themselves (nuop-manager does, with --allow-webhooks)"
+        );
+    }
     let settings = nuop_managed::Settings {
         sync_interval: Duration::from_secs(
             cli.sync_interval.unwrap_or(config.sync_interval).max(1),
@@ -89,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         fetch_timeout: cli.fetch_timeout,
         executor: cli.executor,
         load_timeout: nuop_core::script::embedded::DEFAULT_LOAD_TIMEOUT,
+        webhooks,
     };
     let code = run_to_exit("nuop-managed", &cli.log_format, || async move {
         let client = kube::Client::try_default().await?;
@@ -111,6 +122,15 @@ fn main() -> anyhow::Result<()> {
             audit,
             console,
         };
+        // Every replica serves the webhooks, leader or not; until the process exits
+        // (the API server keeps calling during a graceful shutdown).
+        nuop_managed::webhooks::serve(
+            client.clone(),
+            settings.clone(),
+            shutdown_signal(std::future::pending::<()>()),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         let stopped = operate(
             client.clone(),
             options,

@@ -26,8 +26,10 @@ use std::time::{Duration, SystemTime};
 
 use kube::Client;
 use nuop_core::controller::{self, ControllerOptions, Shutdown, shutdown_signal};
+use nuop_core::protocol::{Phase, ScriptConfig};
+use nuop_core::webhook::Served;
 use nuop_crd::Mapping;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -87,6 +89,9 @@ pub struct Supervisor {
     /// Mappings that do not run, with the reason, as of the last plan.
     pub problems: Vec<MappingProblem>,
     status: Option<StatusWriter>,
+    /// Where the configs of the running scripts that declare webhooks go
+    /// ([`crate::webhooks::publish`]), once every source has a good revision.
+    declared: Option<watch::Sender<Option<Vec<ScriptConfig>>>>,
 }
 
 impl Supervisor {
@@ -113,9 +118,18 @@ impl Supervisor {
             stopped,
             problems: Vec::new(),
             status,
+            declared: None,
         };
         supervisor.update_readiness();
         supervisor
+    }
+
+    /// Also sends the configs of the planned scripts that declare webhooks to
+    /// `declared` at every plan made while each usable source has a good revision
+    /// (a partial list would unregister the others' webhooks for a moment).
+    pub fn publishing(mut self, declared: watch::Sender<Option<Vec<ScriptConfig>>>) -> Self {
+        self.declared = Some(declared);
+        self
     }
 
     /// The names of the mappings whose controllers run.
@@ -242,6 +256,22 @@ impl Supervisor {
             }
         }
         self.problems = problems;
+        let complete = self
+            .sources
+            .iter()
+            .all(|s| s.cache.is_none() || s.good.is_some());
+        if let Some(declared) = self.declared.as_ref().filter(|_| complete) {
+            let configs: Vec<ScriptConfig> = desired
+                .iter()
+                .filter(|d| Served::has_webhooks(&d.config))
+                .map(|d| d.config.clone())
+                .collect();
+            declared.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&configs);
+                *current = Some(configs);
+                changed
+            });
+        }
         let running: BTreeMap<String, Desired> = self
             .running
             .iter()
@@ -335,9 +365,16 @@ impl Supervisor {
         root: PathBuf,
         after: Option<oneshot::Receiver<()>>,
     ) -> Running {
+        // A webhook-only script (no `main reconcile`) runs no controller: its task only
+        // waits to be stopped, and readiness does not wait for it.
+        let reconciles = script.runner.has_phase(Phase::Reconcile);
         // Registered now, not when the task first runs: readiness must not flash ready
         // between the source's blocker going and the controller's first list.
-        self.options.readiness.register(&desired.mapping);
+        if reconciles {
+            self.options.readiness.register(&desired.mapping);
+        } else {
+            info!(controller = %desired.mapping, "webhook-only script (no `main reconcile`): no controller started");
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let global = self.shutdown.clone();
         let shutdown = shutdown_signal(async move {
@@ -368,7 +405,11 @@ impl Supervisor {
             if let Some(previous) = after {
                 let _ = previous.await;
             }
-            controller::run(client, config, runner, options, shutdown).await;
+            if reconciles {
+                controller::run(client, config, runner, options, shutdown).await;
+            } else {
+                shutdown.await;
+            }
         });
         Running {
             desired,

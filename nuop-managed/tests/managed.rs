@@ -107,6 +107,7 @@ impl Managed {
             // Short, so that the test of a hanging top level does not wait long; far
             // above what parsing these scripts takes.
             load_timeout: LOAD_TIMEOUT,
+            webhooks: nuop_core::runtime::WebhookOptions::default(),
         };
         let readiness = Readiness::new();
         let audit_dir = tempfile::tempdir().expect("tempdir");
@@ -908,4 +909,189 @@ async fn keys_rotate_through_the_config_map_without_a_gap() {
     let gaps = sampler.await.expect("sampler");
     assert_eq!(gaps, Vec::<String>::new(), "a gap during the key rotation");
     managed.stop().await;
+}
+
+// ---- Webhooks (issue 14 item 4): published by the leader, served by every replica ----
+
+/// A webhook-only admission policy: ConfigMaps need an `owner` label.
+const POLICY: &str = r#"
+def "main config" [] {
+  {
+    name: "policy", version: "v1", kind: "ConfigMap"
+    webhooks: { validate: { operations: [CREATE], failurePolicy: Fail, timeoutSeconds: 5 } }
+  } | to yaml
+}
+def "main validate" [] {
+  let request = $in | from json
+  if ($request.object.metadata.labels? | default {} | get -o owner | default "") == "" {
+    return { allowed: false, message: $"managed policy: ($request.object.metadata.name) needs an owner label" }
+  }
+  { allowed: true }
+}
+"#;
+
+fn test_tls_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../nuop-core/tests/webhook-tls")
+}
+
+#[tokio::test]
+async fn a_standby_replica_serves_the_webhooks_the_leader_publishes() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use nuop_core::webhook::configuration::{self, Endpoint, Hook};
+
+    let env = TestEnv::new("managed-webhooks").await;
+    nuop_crd::install::ensure_crd(env.client.clone(), "nuop-tests", LIMIT)
+        .await
+        .expect("CRD installed");
+    let repo = Repo::new();
+    repo.write("policy/mod.nu", POLICY);
+    repo.commit("policy");
+    let daemon = Daemon::serve(repo.tmp.path());
+    let url = daemon.url("repo");
+    let mapping = Mapping::new("policy", "v1", "ConfigMap");
+    let operators: Api<NuOperator> = env.api();
+    let operator = NuOperator::test()
+        .named("hooks")
+        .in_namespace(&env.namespace)
+        .with_source(Source::new(&url))
+        .with_mapping(mapping.clone());
+    eventually("the NuOperator created", LIMIT, || async {
+        operators
+            .create(&PostParams::default(), &operator)
+            .await
+            .ok()
+    })
+    .await;
+
+    // The leader: runs the supervisor, which publishes what the scripts declare.
+    let leader = Managed::start_for(
+        &env,
+        "hooks",
+        vec![Source::new(&url)],
+        vec![mapping.clone()],
+    )
+    .await;
+    let published = eventually("the declared webhook in the status", LIMIT, || async {
+        let status = operators.get("hooks").await.ok()?.status?;
+        (!status.webhooks.is_empty()).then_some(status.webhooks)
+    })
+    .await;
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].kind, "Validate");
+    assert_eq!(published[0].path, "/validate/policy");
+    // A webhook-only script runs no controller, and readiness does not wait for one.
+    eventually("ready", LIMIT, || async { leader.readiness.check().ok() }).await;
+
+    // A standby: only `serve` runs (no supervisor, no lease), with the certificate the
+    // manager would mount.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let settings = nuop_managed::Settings {
+        config: ManagedConfig {
+            nu_operator: OperatorRef {
+                namespace: env.namespace.clone(),
+                name: "hooks".into(),
+            },
+            sources: vec![Source::new(&url)],
+            mappings: vec![mapping],
+            sync_interval: 1,
+        },
+        sync_interval: Duration::from_secs(1),
+        cache_dir: cache.path().to_path_buf(),
+        secrets_dir: None,
+        fetch_timeout: Duration::from_secs(30),
+        executor: ExecutorKind::Embedded,
+        load_timeout: LOAD_TIMEOUT,
+        webhooks: nuop_core::runtime::WebhookOptions {
+            bind_address: Some("127.0.0.1:0".parse().expect("address")),
+            cert_dir: Some(test_tls_dir()),
+            url_base: None,
+            service: None,
+        },
+    };
+    let (stop_standby, standby_stopped) = oneshot::channel::<()>();
+    let bound = nuop_managed::webhooks::serve(
+        env.client.clone(),
+        settings,
+        shutdown_signal(async move {
+            let _ = standby_stopped.await;
+        }),
+    )
+    .await
+    .expect("serves")
+    .expect("an address");
+    // The standby keeps its own checkouts beside the supervisor's.
+    assert!(
+        cache
+            .path()
+            .join(nuop_managed::webhooks::CACHE_SUBDIR)
+            .is_dir()
+    );
+
+    // Registered as the manager would: the published hook, confined to the namespace,
+    // pointed at the standby.
+    let hook: Hook =
+        serde_json::from_value(serde_json::to_value(&published[0]).expect("json")).expect("hook");
+    let hook = configuration::confine(hook, &env.namespace);
+    let identity = format!("test-{}", env.namespace);
+    let ca = std::fs::read(test_tls_dir().join("tls.crt")).expect("the test certificate");
+    let registration = configuration::validating_configuration(
+        &identity,
+        &[hook],
+        &Endpoint::Url(format!("https://{bound}")),
+        Some(&ca),
+    )
+    .expect("a validating configuration");
+    let configurations: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
+    configurations
+        .create(&PostParams::default(), &registration)
+        .await
+        .expect("the configuration created");
+
+    let configmaps: Api<ConfigMap> = env.api();
+    let denied = eventually("the standby's denial", LIMIT, || async {
+        let object = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("no-owner".into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        };
+        match configmaps.create(&PostParams::default(), &object).await {
+            Err(kube::Error::Api(e)) if e.message.contains("managed policy") => Some(e),
+            Ok(_) => {
+                // Created before the configuration took effect: try again.
+                let _ = configmaps.delete("no-owner", &Default::default()).await;
+                None
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+    assert!(
+        denied.message.contains("no-owner needs an owner label"),
+        "{}",
+        denied.message
+    );
+    let owned = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("owned".into()),
+            labels: Some([("owner".to_string(), "team-a".to_string())].into()),
+            ..ObjectMeta::default()
+        },
+        ..ConfigMap::default()
+    };
+    configmaps
+        .create(&PostParams::default(), &owned)
+        .await
+        .expect("a compliant ConfigMap is admitted by the standby");
+
+    configurations
+        .delete(
+            &configuration::configuration_name(&identity),
+            &Default::default(),
+        )
+        .await
+        .expect("the configuration removed");
+    let _ = stop_standby.send(());
+    leader.stop().await;
 }

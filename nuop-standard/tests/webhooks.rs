@@ -57,6 +57,11 @@ struct Nuop {
 
 impl Nuop {
     fn start(scripts: &Path, dir: &Path, executor: &str) -> Self {
+        Self::start_with(scripts, dir, executor, &[])
+    }
+
+    /// Like [`Nuop::start`], with `extra` arguments.
+    fn start_with(scripts: &Path, dir: &Path, executor: &str, extra: &[&str]) -> Self {
         let (webhooks, metrics, probes) = (free_address(), free_address(), free_address());
         let log = dir.join("nuop.log");
         let stderr = std::fs::File::create(&log).expect("log file");
@@ -74,6 +79,7 @@ impl Nuop {
             .arg(cert_dir())
             .arg("--webhook-url-base")
             .arg(format!("https://{webhooks}"))
+            .args(extra)
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "info")
             .env_remove("POD_NAMESPACE")
@@ -388,6 +394,88 @@ def "main mutate" [] {
   $object | upsert metadata.labels ($labels | upsert defaulted "yes")
 }
 "#;
+
+/// Every replica serves, leader or not: a process that waits for a Lease someone else
+/// holds still answers admission requests.
+#[tokio::test]
+async fn a_standby_replica_serves_webhooks() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    let env = TestEnv::new("wh-standby").await;
+    let leases: Api<Lease> = env.api();
+    leases
+        .create(
+            &PostParams::default(),
+            &Lease {
+                metadata: ObjectMeta {
+                    name: Some("held".into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some("another-replica".into()),
+                    lease_duration_seconds: Some(3600),
+                    acquire_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+                    renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .expect("a Lease held by another replica");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let scripts = tmp.path().join("scripts");
+    write_script(
+        &scripts,
+        "policy",
+        &POLICY.replace("NAMESPACE", &env.namespace),
+    );
+    let ns = env.namespace.clone();
+    let mut nuop = Nuop::start_with(
+        &scripts,
+        tmp.path(),
+        "embedded",
+        &[
+            "--leader-elect",
+            "--leader-election-id",
+            "held",
+            "--leader-election-namespace",
+            &ns,
+        ],
+    );
+    nuop.wait_serving().await;
+    let _configuration = register_validating(
+        &env,
+        &nuop,
+        &[("policy", "/validate/policy", "Fail", 3, None)],
+    )
+    .await;
+    let probe = configmap_yaml("probe", &[("probe", "dry-run")]);
+    let seen = eventually("the standby's answer", LIMIT, || async {
+        let (ok, out) = kubectl(&ns, &["create", "--dry-run=server", "-f", "-"], &probe).await;
+        (!ok && out.contains("seen with")).then_some(out)
+    })
+    .await;
+    assert!(
+        seen.contains("seen with dryRun=true operation=CREATE"),
+        "{seen}"
+    );
+    let owned = configmap_yaml("owned", &[("owner", "a"), ("team", "b")]);
+    let (ok, out) = kubectl(&ns, &["create", "-f", "-"], &owned).await;
+    assert!(
+        ok,
+        "a compliant ConfigMap is admitted by the standby: {out}"
+    );
+    // Still a standby: the Lease was never taken over.
+    let lease = leases.get("held").await.expect("the Lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("another-replica"),
+        "{}",
+        nuop.logs()
+    );
+    nuop.stop().await;
+}
 
 #[tokio::test]
 async fn a_mutating_script_changes_the_stored_object_but_not_its_identity() {

@@ -208,10 +208,80 @@ pub struct WebhookArgs {
     /// into the webhook configurations.
     #[arg(long, env = "NUOP_WEBHOOK_URL_BASE")]
     pub webhook_url_base: Option<String>,
+    /// The Service in front of the pods, `NAMESPACE/NAME[:PORT]` (port 443 unless
+    /// given), where the API server reaches the webhook server in a cluster: with a
+    /// self-signed certificate, nuop signs it for the Service's DNS names and points
+    /// the webhook configurations at the Service. Not with --webhook-url-base.
+    #[arg(long, env = "NUOP_WEBHOOK_SERVICE")]
+    pub webhook_service: Option<String>,
 }
 
-/// The webhook server's settings, resolved.
+/// A Service reference, as `--webhook-service` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookService {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The Service port the API server calls (443 unless given).
+    pub port: i32,
+}
+
+impl WebhookService {
+    /// Parses `NAMESPACE/NAME[:PORT]`. Pure.
+    ///
+    /// # Errors
+    /// A message saying which part is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (namespace, rest) = text
+            .split_once('/')
+            .ok_or_else(|| format!("`{text}` is not NAMESPACE/NAME[:PORT]"))?;
+        let (name, port) = match rest.split_once(':') {
+            Some((name, port)) => {
+                let port: i32 = port
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=65535).contains(p))
+                    .ok_or_else(|| format!("`{port}` is not a port (1-65535)"))?;
+                (name, port)
+            }
+            None => (rest, 443),
+        };
+        for (what, value) in [("namespace", namespace), ("name", name)] {
+            let valid = !value.is_empty()
+                && value.len() <= 63
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !value.starts_with('-')
+                && !value.ends_with('-');
+            if !valid {
+                return Err(format!(
+                    "the {what} `{value}` is not a DNS label (lowercase letters, digits, '-')"
+                ));
+            }
+        }
+        Ok(Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            port,
+        })
+    }
+
+    /// The names the API server may dial it by, for the serving certificate.
+    pub fn dns_names(&self) -> Vec<String> {
+        let short = format!("{}.{}.svc", self.name, self.namespace);
+        vec![
+            format!("{}.{}", self.name, self.namespace),
+            format!("{short}.cluster.local"),
+            short,
+        ]
+    }
+}
+
+/// The webhook server's settings, resolved; the default serves nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WebhookOptions {
     /// Where to serve; `None` turns webhooks off.
     pub bind_address: Option<SocketAddr>,
@@ -219,6 +289,8 @@ pub struct WebhookOptions {
     pub cert_dir: Option<std::path::PathBuf>,
     /// `--webhook-url-base`, without a trailing `/`.
     pub url_base: Option<String>,
+    /// `--webhook-service`.
+    pub service: Option<WebhookService>,
 }
 
 impl WebhookArgs {
@@ -238,10 +310,23 @@ impl WebhookArgs {
                 ));
             }
         };
+        let service = match self.webhook_service.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => {
+                Some(WebhookService::parse(text).map_err(|e| format!("--webhook-service: {e}"))?)
+            }
+        };
+        if url_base.is_some() && service.is_some() {
+            return Err(
+                "--webhook-url-base and --webhook-service both say where the API server calls: give one"
+                    .into(),
+            );
+        }
         Ok(WebhookOptions {
             bind_address,
             cert_dir: self.webhook_cert_dir.clone(),
             url_base,
+            service,
         })
     }
 }
@@ -342,6 +427,49 @@ mod tests {
         );
         let err = parse(&["--webhook-url-base", "http://x"]).expect_err("http");
         assert!(err.starts_with("--webhook-url-base"), "{err}");
+        assert_eq!(
+            parse(&["--webhook-service", "ops/nuop-webhook:8443"])
+                .expect("service")
+                .service,
+            Some(WebhookService {
+                namespace: "ops".into(),
+                name: "nuop-webhook".into(),
+                port: 8443
+            })
+        );
+        let err = parse(&[
+            "--webhook-service",
+            "ops/nuop",
+            "--webhook-url-base",
+            "https://127.0.0.1:9443",
+        ])
+        .expect_err("both");
+        assert!(err.contains("give one"), "{err}");
+    }
+
+    #[test]
+    fn a_webhook_service_is_namespace_name_and_port() {
+        let service = WebhookService::parse("ops/nuop-webhook").expect("no port");
+        assert_eq!(service.port, 443);
+        assert_eq!(
+            service.dns_names(),
+            [
+                "nuop-webhook.ops",
+                "nuop-webhook.ops.svc.cluster.local",
+                "nuop-webhook.ops.svc"
+            ]
+        );
+        for (text, says) in [
+            ("nuop-webhook", "NAMESPACE/NAME"),
+            ("ops/nuop:0", "not a port"),
+            ("ops/nuop:https", "not a port"),
+            ("Ops/nuop", "namespace `Ops`"),
+            ("ops/", "name ``"),
+            ("ops/-x", "name `-x`"),
+        ] {
+            let err = WebhookService::parse(text).expect_err(text);
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

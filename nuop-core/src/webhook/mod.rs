@@ -15,7 +15,9 @@
 //!
 //! Serving does not wait on leader election: every replica serves, so the Service can
 //! spread the API server's calls (standard mode loads the scripts and starts the server
-//! before `operate` waits for the lease; no test runs a standby yet).
+//! before `operate` waits for the lease, test `a_standby_replica_serves_webhooks`;
+//! managed mode serves from sources each replica fetches itself, test
+//! `a_standby_replica_serves_the_webhooks_the_leader_publishes`).
 //! The script's `k8s` commands may read but never write in these phases
 //! ([`crate::cluster::read_only`]).
 //!
@@ -139,9 +141,11 @@ pub fn url_ip(url: &str) -> Option<std::net::IpAddr> {
 /// The certificate: the files of `--webhook-cert-dir` (re-read when they change;
 /// nuop then manages no configuration), else a self-signed CA and serving certificate
 /// kept in the Secret `<identity>-webhook-tls` of the pod's namespace, shared by every
-/// replica and rotated without a restart ([`certs`]). With `--webhook-url-base` and a
-/// self-signed certificate, nuop applies the webhook configurations and CRD
-/// conversion stanzas itself ([`configuration::Registrar`]), with the CA as caBundle.
+/// replica and rotated without a restart ([`certs`]; signed for `localhost`, the IP of
+/// `--webhook-url-base` and the DNS names of `--webhook-service`). With
+/// `--webhook-url-base` or `--webhook-service` and a self-signed certificate, nuop
+/// applies the webhook configurations and CRD conversion stanzas itself
+/// ([`configuration::Registrar`]) with that endpoint and the CA as caBundle.
 ///
 /// # Errors
 /// When the certificate cannot be had or the address cannot be bound: a message
@@ -175,10 +179,14 @@ pub async fn start(
                         .into(),
                 );
             };
+            let mut dns_names = vec!["localhost".to_string()];
+            if let Some(service) = &options.service {
+                dns_names.extend(service.dns_names());
+            }
             certs::CertSource::SelfSigned {
                 namespace,
                 name: format!("{}-webhook-tls", identity.name),
-                dns_names: vec!["localhost".into()],
+                dns_names,
                 ip_addresses: options
                     .url_base
                     .as_deref()
@@ -195,15 +203,23 @@ pub async fn start(
     let bound = server::serve(address, certs.server_config(), registry.clone(), shutdown)
         .await
         .map_err(|e| format!("--webhook-bind-address {address}: cannot bind: {e}"))?;
-    match (&options.url_base, &options.cert_dir) {
-        (Some(url), None) => {
-            let hooks = hooks_of(client, &registry).await;
+    let endpoint = match (&options.url_base, &options.service) {
+        (Some(url), _) => Some(configuration::Endpoint::Url(url.clone())),
+        (None, Some(service)) => Some(configuration::Endpoint::Service {
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+            port: service.port,
+        }),
+        (None, None) => None,
+    };
+    match (endpoint, &options.cert_dir) {
+        (Some(endpoint), None) => {
+            let configs: Vec<ScriptConfig> =
+                registry.all().iter().map(|s| s.config.clone()).collect();
+            let hooks = declared(client, &configs).await;
             let (keep, hooks) = tokio::sync::watch::channel(hooks);
-            let registrar = configuration::Registrar::new(
-                client.clone(),
-                identity.name.clone(),
-                configuration::Endpoint::Url(url.clone()),
-            );
+            let registrar =
+                configuration::Registrar::new(client.clone(), identity.name.clone(), endpoint);
             let ca_bundle = certs.ca_bundle();
             tokio::spawn(async move {
                 let _keep = keep;
@@ -211,7 +227,7 @@ pub async fn start(
             });
         }
         _ => tracing::info!(
-            "webhook configurations are not managed by nuop (a mounted --webhook-cert-dir, or no --webhook-url-base)"
+            "webhook configurations are not managed by nuop (a mounted --webhook-cert-dir, or neither --webhook-url-base nor --webhook-service)"
         ),
     }
     // The certificate's rotation lives as long as the process.
@@ -222,29 +238,63 @@ pub async fn start(
     Ok(Some(bound))
 }
 
-/// The hooks and conversions of every served script, their kinds resolved to plural
+/// Serves `registry` on `address` with the certificate of the mounted directory `dir`
+/// (`tls.crt`, `tls.key`; re-read when they change) until `shutdown`, whether or not
+/// any script is served yet: managed mode fills the registry as revisions arrive.
+/// Manages no webhook configuration. Returns the bound address.
+///
+/// # Errors
+/// When the certificate cannot be read or the address cannot be bound: a message
+/// naming the setting.
+pub async fn serve_from_dir(
+    address: std::net::SocketAddr,
+    dir: &std::path::Path,
+    registry: Arc<Registry>,
+    shutdown: crate::shutdown::Shutdown,
+) -> Result<std::net::SocketAddr, String> {
+    let token = tokio_util::sync::CancellationToken::new();
+    let certs = certs::Certs::start(
+        None,
+        certs::CertSource::Dir(dir.to_path_buf()),
+        token.clone(),
+    )
+    .await
+    .map_err(|e| format!("--webhook-cert-dir {}: {e}", dir.display()))?;
+    let bound = server::serve(address, certs.server_config(), registry, shutdown.clone())
+        .await
+        .map_err(|e| format!("--webhook-bind-address {address}: cannot bind: {e}"))?;
+    // The directory is watched for as long as the server runs.
+    tokio::spawn(async move {
+        shutdown.await;
+        token.cancel();
+        drop(certs);
+    });
+    Ok(bound)
+}
+
+/// The hooks and conversions `configs` declare, their kinds resolved to plural
 /// resources by discovery (a kind the API server does not serve is left out, with a
-/// warning).
-async fn hooks_of(
+/// warning). Paths are `/{phase}/{controller}`, as [`server`] routes them.
+pub async fn declared(
     client: &kube::Client,
-    registry: &Registry,
+    configs: &[ScriptConfig],
 ) -> (Vec<configuration::Hook>, Vec<configuration::Conversion>) {
     use crate::cluster::{Cluster, KindName, LiveCluster};
     use k8s_openapi::api::admissionregistration::v1::RuleWithOperations;
     let cluster = LiveCluster::new(client.clone(), Vec::new());
     let (mut hooks, mut conversions) = (Vec::new(), Vec::new());
-    for served in registry.all() {
-        let name = served.config.name.clone();
+    for config in configs {
+        let name = config.name.clone();
         let declared = [
             (
                 configuration::HookKind::Validate,
                 Phase::Validate,
-                &served.config.webhooks.validate,
+                &config.webhooks.validate,
             ),
             (
                 configuration::HookKind::Mutate,
                 Phase::Mutate,
-                &served.config.webhooks.mutate,
+                &config.webhooks.mutate,
             ),
         ];
         for (kind, phase, hook) in declared {
@@ -313,7 +363,7 @@ async fn hooks_of(
                 path: format!("/{phase}/{name}"),
             });
         }
-        if let Some(conversion) = &served.config.conversion {
+        if let Some(conversion) = &config.conversion {
             conversions.push(configuration::Conversion {
                 crd: conversion.crd.clone(),
                 path: format!("/convert/{name}"),
