@@ -62,6 +62,25 @@ impl Nuop {
 
     /// Like [`Nuop::start`], with `extra` arguments.
     fn start_with(scripts: &Path, dir: &Path, executor: &str, extra: &[&str]) -> Self {
+        let cert_dir = cert_dir();
+        let mut args = vec!["--webhook-cert-dir", cert_dir.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        Self::spawn(scripts, dir, executor, &args, None)
+    }
+
+    /// With a self-signed certificate kept in a Secret of `namespace` (no cert dir):
+    /// nuop then registers the webhook configurations itself.
+    fn start_self_signed(scripts: &Path, dir: &Path, namespace: &str, extra: &[&str]) -> Self {
+        Self::spawn(scripts, dir, "embedded", extra, Some(namespace))
+    }
+
+    fn spawn(
+        scripts: &Path,
+        dir: &Path,
+        executor: &str,
+        extra: &[&str],
+        pod_namespace: Option<&str>,
+    ) -> Self {
         let (webhooks, metrics, probes) = (free_address(), free_address(), free_address());
         let log = dir.join("nuop.log");
         let stderr = std::fs::File::create(&log).expect("log file");
@@ -75,14 +94,12 @@ impl Nuop {
             .arg(metrics.to_string())
             .arg("--webhook-bind-address")
             .arg(webhooks.to_string())
-            .arg("--webhook-cert-dir")
-            .arg(cert_dir())
             .arg("--webhook-url-base")
             .arg(format!("https://{webhooks}"))
             .args(extra)
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "info")
-            .env_remove("POD_NAMESPACE")
+            .env("POD_NAMESPACE", pod_namespace.unwrap_or_default())
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -474,6 +491,55 @@ async fn a_standby_replica_serves_webhooks() {
         "{}",
         nuop.logs()
     );
+    nuop.stop().await;
+}
+
+/// A webhook configuration nuop registered goes away with its script: a restart with
+/// no webhook script removes it (else a `Fail` webhook would block its objects).
+#[tokio::test]
+async fn a_configuration_whose_scripts_are_gone_is_removed_at_start() {
+    let env = TestEnv::new("wh-gone").await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let scripts = tmp.path().join("scripts");
+    write_script(
+        &scripts,
+        "policy",
+        &POLICY.replace("NAMESPACE", &env.namespace),
+    );
+    // An identity of its own: other tests' processes register `nuop-nuop-standard`.
+    let identity = format!("gone-{}", env.namespace);
+    let name = nuop_core::webhook::configuration::configuration_name(&identity);
+    let _guard = Deleted {
+        kind: "validatingwebhookconfiguration",
+        name: name.clone(),
+    };
+    let configurations: Api<ValidatingWebhookConfiguration> = Api::all(env.client.clone());
+    let mut nuop = Nuop::start_self_signed(
+        &scripts,
+        tmp.path(),
+        &env.namespace,
+        &["--leader-election-id", &identity],
+    );
+    let registered = eventually("the configuration registered", LIMIT, || async {
+        configurations.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    let webhooks = registered.webhooks.unwrap_or_default();
+    assert_eq!(webhooks.len(), 1, "{}", nuop.logs());
+    assert_eq!(webhooks[0].name, "policy.validate.nuop.dev");
+    nuop.stop().await;
+
+    std::fs::remove_dir_all(scripts.join("policy")).expect("the script removed");
+    let mut nuop = Nuop::start_self_signed(
+        &scripts,
+        tmp.path(),
+        &env.namespace,
+        &["--leader-election-id", &identity],
+    );
+    eventually("the configuration removed", LIMIT, || async {
+        matches!(configurations.get_opt(&name).await, Ok(None)).then_some(())
+    })
+    .await;
     nuop.stop().await;
 }
 

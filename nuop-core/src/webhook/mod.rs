@@ -136,7 +136,9 @@ pub fn url_ip(url: &str) -> Option<std::net::IpAddr> {
 }
 
 /// Starts the HTTPS server for `registry` as `options` say, when any script declares
-/// webhooks; returns the bound address. The server runs until `shutdown`.
+/// webhooks; returns the bound address. The server runs until `shutdown`. When none
+/// does, removes the configurations this identity registered before (with an endpoint
+/// and a self-signed certificate: the ones nuop manages).
 ///
 /// The certificate: the files of `--webhook-cert-dir` (re-read when they change;
 /// nuop then manages no configuration), else a self-signed CA and serving certificate
@@ -157,7 +159,32 @@ pub async fn start(
     identity: Identity,
     shutdown: crate::shutdown::Shutdown,
 ) -> Result<Option<std::net::SocketAddr>, String> {
+    let endpoint = match (&options.url_base, &options.service) {
+        (Some(url), _) => Some(configuration::Endpoint::Url(url.clone())),
+        (None, Some(service)) => Some(configuration::Endpoint::Service {
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+            port: service.port,
+        }),
+        (None, None) => None,
+    };
     if registry.all().is_empty() {
+        // No script declares a webhook (any more): configurations an earlier run of
+        // this identity registered would point the API server at a server that is not
+        // there, and with `failurePolicy: Fail` block every matching request. Test
+        // `a_configuration_whose_scripts_are_gone_is_removed_at_start`.
+        if let (Some(endpoint), None) = (endpoint, &options.cert_dir) {
+            let registrar =
+                configuration::Registrar::new(client.clone(), identity.name.clone(), endpoint);
+            match registrar.remove().await {
+                Ok(()) => {
+                    tracing::debug!(identity = %identity.name, "no webhooks declared: none registered")
+                }
+                Err(e) => {
+                    tracing::warn!(identity = %identity.name, "no webhooks declared, but the earlier ones cannot be removed: {e}")
+                }
+            }
+        }
         return Ok(None);
     }
     let Some(address) = options.bind_address else {
@@ -203,15 +230,6 @@ pub async fn start(
     let bound = server::serve(address, certs.server_config(), registry.clone(), shutdown)
         .await
         .map_err(|e| format!("--webhook-bind-address {address}: cannot bind: {e}"))?;
-    let endpoint = match (&options.url_base, &options.service) {
-        (Some(url), _) => Some(configuration::Endpoint::Url(url.clone())),
-        (None, Some(service)) => Some(configuration::Endpoint::Service {
-            namespace: service.namespace.clone(),
-            name: service.name.clone(),
-            port: service.port,
-        }),
-        (None, None) => None,
-    };
     match (endpoint, &options.cert_dir) {
         (Some(endpoint), None) => {
             let configs: Vec<ScriptConfig> =
