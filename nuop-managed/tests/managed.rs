@@ -73,6 +73,38 @@ struct Managed {
     _audit_dir: tempfile::TempDir,
 }
 
+/// Managed mode's settings for `env`'s namespace, reporting to the NuOperator
+/// `operator` (none when empty), syncing every second into `cache`.
+fn settings(
+    env: &TestEnv,
+    operator: &str,
+    sources: Vec<Source>,
+    mappings: Vec<Mapping>,
+    cache: &Path,
+    webhooks: nuop_core::runtime::WebhookOptions,
+) -> nuop_managed::Settings {
+    nuop_managed::Settings {
+        config: ManagedConfig {
+            nu_operator: OperatorRef {
+                namespace: env.namespace.clone(),
+                name: operator.into(),
+            },
+            sources,
+            mappings,
+            sync_interval: 1,
+        },
+        sync_interval: Duration::from_secs(1),
+        cache_dir: cache.to_path_buf(),
+        secrets_dir: None,
+        fetch_timeout: Duration::from_secs(30),
+        executor: ExecutorKind::Embedded,
+        // Short, so that the test of a hanging top level does not wait long; far
+        // above what parsing these scripts takes.
+        load_timeout: LOAD_TIMEOUT,
+        webhooks,
+    }
+}
+
 impl Managed {
     async fn start(env: &TestEnv, sources: Vec<Source>, mappings: Vec<Mapping>) -> Self {
         // No NuOperator: no status to write.
@@ -89,26 +121,14 @@ impl Managed {
         // Logs help when a test fails (cargo shows them); only the first call installs.
         let _ = nuop_core::telemetry::init_logs("plain");
         let cache = tempfile::tempdir().expect("tempdir");
-        let settings = nuop_managed::Settings {
-            config: ManagedConfig {
-                nu_operator: OperatorRef {
-                    namespace: env.namespace.clone(),
-                    name: operator.into(),
-                },
-                sources,
-                mappings,
-                sync_interval: 1,
-            },
-            sync_interval: Duration::from_secs(1),
-            cache_dir: cache.path().to_path_buf(),
-            secrets_dir: None,
-            fetch_timeout: Duration::from_secs(30),
-            executor: ExecutorKind::Embedded,
-            // Short, so that the test of a hanging top level does not wait long; far
-            // above what parsing these scripts takes.
-            load_timeout: LOAD_TIMEOUT,
-            webhooks: nuop_core::runtime::WebhookOptions::default(),
-        };
+        let settings = settings(
+            env,
+            operator,
+            sources,
+            mappings,
+            cache.path(),
+            nuop_core::runtime::WebhookOptions::default(),
+        );
         let readiness = Readiness::new();
         let audit_dir = tempfile::tempdir().expect("tempdir");
         let audit = audit_dir.path().join("audit.jsonl");
@@ -985,29 +1005,19 @@ async fn a_standby_replica_serves_the_webhooks_the_leader_publishes() {
     // A standby: only `serve` runs (no supervisor, no lease), with the certificate the
     // manager would mount.
     let cache = tempfile::tempdir().expect("tempdir");
-    let settings = nuop_managed::Settings {
-        config: ManagedConfig {
-            nu_operator: OperatorRef {
-                namespace: env.namespace.clone(),
-                name: "hooks".into(),
-            },
-            sources: vec![Source::new(&url)],
-            mappings: vec![mapping],
-            sync_interval: 1,
-        },
-        sync_interval: Duration::from_secs(1),
-        cache_dir: cache.path().to_path_buf(),
-        secrets_dir: None,
-        fetch_timeout: Duration::from_secs(30),
-        executor: ExecutorKind::Embedded,
-        load_timeout: LOAD_TIMEOUT,
-        webhooks: nuop_core::runtime::WebhookOptions {
+    let settings = settings(
+        &env,
+        "hooks",
+        vec![Source::new(&url)],
+        vec![mapping],
+        cache.path(),
+        nuop_core::runtime::WebhookOptions {
             bind_address: Some("127.0.0.1:0".parse().expect("address")),
             cert_dir: Some(test_tls_dir()),
             url_base: None,
             service: None,
         },
-    };
+    );
     let (stop_standby, standby_stopped) = oneshot::channel::<()>();
     let bound = nuop_managed::webhooks::serve(
         env.client.clone(),

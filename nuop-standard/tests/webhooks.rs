@@ -47,6 +47,13 @@ fn write_script(root: &Path, name: &str, source: &str) {
     std::fs::write(dir.join("mod.nu"), source).expect("write script");
 }
 
+/// `<tmp>/scripts` holding the one script `name`.
+fn scripts_with(tmp: &Path, name: &str, source: &str) -> PathBuf {
+    let scripts = tmp.join("scripts");
+    write_script(&scripts, name, source);
+    scripts
+}
+
 /// A running `nuop-standard` serving webhooks on `webhooks`.
 struct Nuop {
     child: tokio::process::Child,
@@ -293,9 +300,8 @@ def "main validate" [] {
 async fn validating_policy_on(executor: &str) {
     let env = TestEnv::new(&format!("wh-validate-{executor}")).await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let scripts = tmp.path().join("scripts");
-    write_script(
-        &scripts,
+    let scripts = scripts_with(
+        tmp.path(),
         "policy",
         &POLICY.replace("NAMESPACE", &env.namespace),
     );
@@ -441,9 +447,8 @@ async fn a_standby_replica_serves_webhooks() {
         .await
         .expect("a Lease held by another replica");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let scripts = tmp.path().join("scripts");
-    write_script(
-        &scripts,
+    let scripts = scripts_with(
+        tmp.path(),
         "policy",
         &POLICY.replace("NAMESPACE", &env.namespace),
     );
@@ -500,9 +505,8 @@ async fn a_standby_replica_serves_webhooks() {
 async fn a_configuration_whose_scripts_are_gone_is_removed_at_start() {
     let env = TestEnv::new("wh-gone").await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let scripts = tmp.path().join("scripts");
-    write_script(
-        &scripts,
+    let scripts = scripts_with(
+        tmp.path(),
         "policy",
         &POLICY.replace("NAMESPACE", &env.namespace),
     );
@@ -547,9 +551,8 @@ async fn a_configuration_whose_scripts_are_gone_is_removed_at_start() {
 async fn a_mutating_script_changes_the_stored_object_but_not_its_identity() {
     let env = TestEnv::new("wh-mutate").await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let scripts = tmp.path().join("scripts");
-    write_script(
-        &scripts,
+    let scripts = scripts_with(
+        tmp.path(),
         "defaulter",
         &DEFAULTER.replace("NAMESPACE", &env.namespace),
     );
@@ -686,8 +689,7 @@ async fn a_conversion_script_converts_between_stored_and_served_versions() {
     let env = TestEnv::new("wh-convert").await;
     let group = format!("{}.convert.nuop.dev", env.namespace);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let scripts = tmp.path().join("scripts");
-    write_script(&scripts, "widgets", &CONVERTER.replace("GROUP", &group));
+    let scripts = scripts_with(tmp.path(), "widgets", &CONVERTER.replace("GROUP", &group));
     let nuop = Nuop::start(&scripts, tmp.path(), "embedded");
     nuop.wait_serving().await;
     let _crd = Deleted {
@@ -867,9 +869,8 @@ async fn bench_added_latency_of_a_validating_webhook() {
         let with = TestEnv::new(&format!("wh-bench-with-{executor}")).await;
         let without = TestEnv::new(&format!("wh-bench-without-{executor}")).await;
         let tmp = tempfile::tempdir().expect("tempdir");
-        let scripts = tmp.path().join("scripts");
-        write_script(
-            &scripts,
+        let scripts = scripts_with(
+            tmp.path(),
             "policy",
             &POLICY.replace("NAMESPACE", &with.namespace),
         );
