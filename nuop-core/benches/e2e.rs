@@ -10,7 +10,23 @@
 //!    and CPU time (its own plus reaped children's, so `nu` processes count);
 //! 3. with everything converged, removes the label from one object at a time (100
 //!    updates) and measures the time from sending the update to seeing the controller's
-//!    write on the watch (p50/p99).
+//!    write on the watch (p50/p99);
+//! 4. at the largest object count only: once the converged objects are requeuing (every
+//!    controller requeues each object `--requeue S` seconds after its reconcile, 30 by
+//!    default, so the first requeues come due `S` after the first write), creates new
+//!    objects one at a time, spread over as long as the convergence took (that is how
+//!    long the requeues of the converged objects keep coming due), and measures the time
+//!    from the create to the controller's write: are new objects starved by requeues?
+//!
+//! `--objects` takes a list (`100,1000`): every variant runs once per count, and a memory
+//! table gives each variant's RSS right after convergence (VmRSS, not the peak) at each
+//! count and the slope between the smallest and the largest count, the RSS per 1,000
+//! cached objects, beside the reference's. The slope leaves out what does not grow with
+//! the objects (the binary, Nushell's engine and its clones for concurrent calls, which
+//! the smallest count already warms up). Every controller, the reference included, is a
+//! child process of its own, so its `/proc/<pid>/status` holds its memory alone.
+//! "first write s" is the time from starting the controller to the first write seen on
+//! the watch: the time to the first reconcile after start, with N objects to list first.
 //!
 //! `embedded-no-events` is the embedded executor with `--write-events false`: nuop
 //! records every write as an Event by default, one more etcd write per change that the
@@ -24,7 +40,8 @@
 //! work (50 sources x 10 namespaces) by nuop's new replicator (embedded and process
 //! executor), the kubectl-style replicator and a hand-written kube-rs replicator.
 //!
-//! Arguments: `--workloads label,replicator` (both), `--objects N` (1000), `--updates N` (100), `--variants a,b,c`
+//! Arguments: `--workloads label,replicator` (both), `--objects N[,N…]` (1000), `--updates N` (100),
+//! `--new-objects N` (20), `--requeue S` (30), `--variants a,b,c`
 //! (`embedded,embedded-console,embedded-no-events,process,managed,reference`), `--nuop-standard PATH`
 //! and `--nuop-managed PATH` (default: the ones `cargo test --profile ci` built beside this bench),
 //! `--concurrency N` (8, the same for every variant), `--baseline PATH` (an older
@@ -60,12 +77,16 @@ const SEEN_LABEL: &str = "nuop.dev/seen";
 const CONVERGE_LIMIT: Duration = Duration::from_secs(600);
 
 /// The script under test: the same change the reference controller makes.
-fn script(namespace: &str) -> String {
+///
+/// Both requeue times are `requeue`, as the reference's: a write or a no-op, every object
+/// comes due again `requeue` seconds after its reconcile.
+fn script(namespace: &str, requeue: u64) -> String {
     format!(
         r#"
 def "main config" [] {{
   {{ name: "bench", version: "v1", kind: "ConfigMap", namespace: "{namespace}",
-     labelSelectors: {{ "{BENCH_LABEL}": "true" }} }} | to yaml
+     labelSelectors: {{ "{BENCH_LABEL}": "true" }},
+     requeue_after_change: {requeue}, requeue_after_noop: {requeue} }} | to yaml
 }}
 def "main reconcile" [] {{
   let obj = $in | from json
@@ -78,8 +99,13 @@ def "main reconcile" [] {{
 }
 
 struct Args {
-    objects: usize,
+    /// Object counts, each run by every variant; the largest also measures new objects.
+    objects: Vec<usize>,
     updates: usize,
+    /// New objects created one at a time once the converged ones requeue (largest count).
+    new_objects: usize,
+    /// Seconds every controller requeues an object after reconciling it.
+    requeue: u64,
     variants: Vec<String>,
     nuop_standard: PathBuf,
     nuop_managed: PathBuf,
@@ -93,8 +119,10 @@ struct Args {
 
 fn parse_args(args: &[String]) -> Args {
     let mut parsed = Args {
-        objects: 1000,
+        objects: vec![1000],
         updates: 100,
+        new_objects: 20,
+        requeue: 30,
         variants: [
             "embedded",
             "embedded-console",
@@ -120,8 +148,17 @@ fn parse_args(args: &[String]) -> Args {
                 .clone()
         };
         match arg.as_str() {
-            "--objects" => parsed.objects = value().parse().expect("--objects N"),
+            "--objects" => {
+                parsed.objects = value()
+                    .split(',')
+                    .map(|n| n.parse().expect("--objects N[,N...]"))
+                    .collect();
+                parsed.objects.sort_unstable();
+                parsed.objects.dedup();
+            }
             "--updates" => parsed.updates = value().parse().expect("--updates N"),
+            "--new-objects" => parsed.new_objects = value().parse().expect("--new-objects N"),
+            "--requeue" => parsed.requeue = value().parse().expect("--requeue S"),
             "--variants" => parsed.variants = value().split(',').map(str::to_string).collect(),
             "--nuop-standard" => parsed.nuop_standard = value().into(),
             "--nuop-managed" => parsed.nuop_managed = value().into(),
@@ -207,21 +244,26 @@ async fn watch_namespace(client: Client, namespace: &str) -> mpsc::UnboundedRece
     rx
 }
 
+/// The bench's ConfigMap `name`, labelled for the controllers.
+fn bench_configmap(name: String) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name),
+            labels: Some([(BENCH_LABEL.to_string(), "true".to_string())].into()),
+            ..Default::default()
+        },
+        data: Some([("k".to_string(), "v".to_string())].into()),
+        ..Default::default()
+    }
+}
+
 async fn create_objects(client: &Client, namespace: &str, count: usize) {
     let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
     stream::iter(0..count)
         .map(|i| {
             let api = api.clone();
             async move {
-                let cm = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(format!("cm-{i:05}")),
-                        labels: Some([(BENCH_LABEL.to_string(), "true".to_string())].into()),
-                        ..Default::default()
-                    },
-                    data: Some([("k".to_string(), "v".to_string())].into()),
-                    ..Default::default()
-                };
+                let cm = bench_configmap(format!("cm-{i:05}"));
                 api.create(&PostParams::default(), &cm).await.map(|_| ())
             }
         })
@@ -250,6 +292,17 @@ fn usage(pid: u32) -> (f64, f64) {
     (ticks / clock_ticks_per_second(), hwm_kib / 1024.0)
 }
 
+/// Resident set size in MiB of a live process now (VmRSS).
+fn rss_now(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
 fn clock_ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -262,7 +315,12 @@ fn clock_ticks_per_second() -> f64 {
 
 struct Measured {
     variant: String,
+    objects: usize,
     converge: Duration,
+    /// VmRSS right after convergence: the caches full, the burst over.
+    rss_mib: f64,
+    /// Create-to-write of new objects while the converged ones requeue (largest count).
+    new_latencies: Vec<Duration>,
     first_write: Duration,
     cpu_seconds: f64,
     peak_rss_mib: f64,
@@ -285,12 +343,17 @@ fn spawn_controller(
             "--reference-controller",
             namespace,
             &args.concurrency.to_string(),
+            &args.requeue.to_string(),
         ]);
         c
     } else {
         let scripts = workdir.join(format!("scripts-{variant}"));
         std::fs::create_dir_all(scripts.join("bench")).expect("script dir");
-        std::fs::write(scripts.join("bench/mod.nu"), script(namespace)).expect("script");
+        std::fs::write(
+            scripts.join("bench/mod.nu"),
+            script(namespace, args.requeue),
+        )
+        .expect("script");
         // `baseline`: an older build (`--baseline PATH`) with the embedded executor, to
         // compare a change before/after in one run.
         let (binary, variant) = match (variant, &args.baseline) {
@@ -341,7 +404,7 @@ fn spawn_controller(
 fn managed_command(args: &Args, namespace: &str, workdir: &Path) -> tokio::process::Command {
     let repo = workdir.join("repo-managed");
     std::fs::create_dir_all(repo.join("bench")).expect("repo dir");
-    std::fs::write(repo.join("bench/mod.nu"), script(namespace)).expect("script");
+    std::fs::write(repo.join("bench/mod.nu"), script(namespace, args.requeue)).expect("script");
     for git in [
         &["init", "-q", "-b", "main"][..],
         &["add", "."],
@@ -389,8 +452,20 @@ fn managed_command(args: &Args, namespace: &str, workdir: &Path) -> tokio::proce
     c
 }
 
-async fn run_variant(client: &Client, args: &Args, variant: &str, workdir: &Path) -> Measured {
-    let namespace = format!("bench-{variant}-{}", std::process::id());
+/// One variant at one object count; `new_objects` also measures new objects while the
+/// converged ones requeue.
+async fn run_variant(
+    client: &Client,
+    args: &Args,
+    variant: &str,
+    objects: usize,
+    new_objects: bool,
+    workdir: &Path,
+) -> Measured {
+    let namespace = format!("bench-{variant}-{objects}-{}", std::process::id());
+    // A directory per run: the managed variant's git repository must start empty.
+    let workdir = &workdir.join(objects.to_string());
+    std::fs::create_dir_all(workdir).expect("run directory");
     Api::<Namespace>::all(client.clone())
         .create(
             &PostParams::default(),
@@ -404,7 +479,7 @@ async fn run_variant(client: &Client, args: &Args, variant: &str, workdir: &Path
         )
         .await
         .expect("create the bench namespace");
-    create_objects(client, &namespace, args.objects).await;
+    create_objects(client, &namespace, objects).await;
     let mut events = watch_namespace(client.clone(), &namespace).await;
     while events.try_recv().is_ok() {} // the initial list: nothing is labelled yet
 
@@ -414,14 +489,14 @@ async fn run_variant(client: &Client, args: &Args, variant: &str, workdir: &Path
     let mut labelled = HashSet::new();
     let mut first_write = None;
     let deadline = started + CONVERGE_LIMIT;
-    while labelled.len() < args.objects {
+    while labelled.len() < objects {
         let seen = tokio::time::timeout_at(deadline.into(), events.recv())
             .await
             .unwrap_or_else(|_| {
                 panic!(
                     "{variant}: only {}/{} converged after {CONVERGE_LIMIT:?}; see {}",
                     labelled.len(),
-                    args.objects,
+                    objects,
                     workdir.join(format!("{variant}.log")).display()
                 )
             })
@@ -432,12 +507,13 @@ async fn run_variant(client: &Client, args: &Args, variant: &str, workdir: &Path
         }
     }
     let converge = started.elapsed();
+    let rss_mib = rss_now(pid);
     let first_write = first_write.map_or(converge, |at| at - started);
 
     let api = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
     let mut latencies = Vec::with_capacity(args.updates);
     for i in 0..args.updates {
-        let name = format!("cm-{:05}", i % args.objects);
+        let name = format!("cm-{:05}", i % objects);
         let sent = Instant::now();
         api.patch(
             &name,
@@ -460,6 +536,20 @@ async fn run_variant(client: &Client, args: &Args, variant: &str, workdir: &Path
         }
     }
 
+    let new_latencies = if new_objects {
+        new_object_latencies(
+            &api,
+            &mut events,
+            args,
+            variant,
+            started + first_write,
+            converge,
+        )
+        .await
+    } else {
+        Vec::new()
+    };
+
     let (cpu_seconds, peak_rss_mib) = usage(pid);
     child.kill().await.expect("stop the controller");
     Api::<Namespace>::all(client.clone())
@@ -481,12 +571,57 @@ async fn run_variant(client: &Client, args: &Args, variant: &str, workdir: &Path
     }
     Measured {
         variant: variant.to_string(),
+        objects,
         converge,
+        rss_mib,
+        new_latencies,
         first_write,
         cpu_seconds,
         peak_rss_mib,
         latencies,
     }
+}
+
+/// Creates `args.new_objects` new ConfigMaps one at a time once the converged objects
+/// requeue, and returns the time from each create to the controller's write on the watch.
+///
+/// Every object comes due `args.requeue` seconds after its reconcile, so the requeues of
+/// the converged objects start `requeue` after the first write and keep coming for about
+/// as long as the convergence took (they come due in the order and at the pace the
+/// writes happened); the creates are spread over that span, at least 100 ms apart.
+async fn new_object_latencies(
+    api: &Api<ConfigMap>,
+    events: &mut mpsc::UnboundedReceiver<Seen>,
+    args: &Args,
+    variant: &str,
+    first_write: Instant,
+    converge: Duration,
+) -> Vec<Duration> {
+    let requeues_from = first_write + Duration::from_secs(args.requeue);
+    tokio::time::sleep_until(requeues_from.into()).await;
+    let spacing = (converge / args.new_objects.max(1) as u32)
+        .clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let mut latencies = Vec::with_capacity(args.new_objects);
+    for i in 0..args.new_objects {
+        let next = Instant::now() + spacing;
+        let name = format!("new-{i:05}");
+        let sent = Instant::now();
+        api.create(&PostParams::default(), &bench_configmap(name.clone()))
+            .await
+            .expect("create a new object");
+        loop {
+            let seen = tokio::time::timeout(Duration::from_secs(120), events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{variant}: new object {name} was never reconciled"))
+                .expect("watch stream");
+            if seen.name == name && seen.labelled {
+                latencies.push(seen.at - sent);
+                break;
+            }
+        }
+        tokio::time::sleep_until(next.into()).await;
+    }
+    latencies
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -497,16 +632,17 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn print_table(args: &Args, results: &mut [Measured]) {
+/// The table of one object count.
+fn print_table(args: &Args, objects: usize, results: &mut [&mut Measured]) {
     let reference = results.iter().find(|r| r.variant == "reference").map(|r| {
         (
-            args.objects as f64 / r.converge.as_secs_f64(),
+            objects as f64 / r.converge.as_secs_f64(),
             r.latencies.clone(),
         )
     });
     println!(
-        "\n{} objects, {} single-object updates, concurrency {} per controller\n",
-        args.objects, args.updates, args.concurrency
+        "\n{} objects, {} single-object updates, concurrency {} per controller, requeue {} s\n",
+        objects, args.updates, args.concurrency, args.requeue
     );
     println!(
         "| variant | converge s | first write s | objects/s | vs reference | peak RSS MiB | CPU s | update p50 ms | update p99 ms | p50 vs reference |"
@@ -514,7 +650,7 @@ fn print_table(args: &Args, results: &mut [Measured]) {
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in results.iter_mut() {
         r.latencies.sort();
-        let rate = args.objects as f64 / r.converge.as_secs_f64();
+        let rate = objects as f64 / r.converge.as_secs_f64();
         let (p50, p99) = (
             percentile(&r.latencies, 0.5),
             percentile(&r.latencies, 0.99),
@@ -544,9 +680,91 @@ fn print_table(args: &Args, results: &mut [Measured]) {
     }
 }
 
+/// Each variant's RSS right after convergence at every count, and the slope between the
+/// smallest and the largest count: RSS per 1,000 cached objects.
+fn print_memory(args: &Args, results: &[Measured]) {
+    let (Some(&low), Some(&high)) = (args.objects.first(), args.objects.last()) else {
+        return;
+    };
+    let rss = |variant: &str, objects: usize| {
+        results
+            .iter()
+            .find(|r| r.variant == variant && r.objects == objects)
+            .map(|r| r.rss_mib)
+    };
+    let per_1000 = |variant: &str| {
+        Some((rss(variant, high)? - rss(variant, low)?) * 1000.0 / (high - low) as f64)
+    };
+    let reference = per_1000("reference");
+    let counts: Vec<String> = args
+        .objects
+        .iter()
+        .map(|n| format!("RSS MiB at {n}"))
+        .collect();
+    println!(
+        "\nmemory: VmRSS right after convergence; per 1,000 cached objects = slope from {low} to {high} objects\n"
+    );
+    println!(
+        "| variant | {} | RSS per 1,000 cached MiB | vs reference |",
+        counts.join(" | ")
+    );
+    println!("| --- |{} ---: | ---: |", " ---: |".repeat(counts.len()));
+    let mut variants: Vec<&str> = Vec::new();
+    for r in results {
+        if !variants.contains(&r.variant.as_str()) {
+            variants.push(&r.variant);
+        }
+    }
+    for variant in variants {
+        let at: Vec<String> = args
+            .objects
+            .iter()
+            .map(|&n| rss(variant, n).map_or("n/a".into(), |m| format!("{m:.1}")))
+            .collect();
+        let slope = per_1000(variant).filter(|_| high > low);
+        let ratio = match (slope, reference.filter(|r| *r > 0.0)) {
+            (Some(s), Some(r)) => format!("{:.2}", s / r),
+            _ => "n/a".into(),
+        };
+        println!(
+            "| {variant} | {} | {} | {ratio} |",
+            at.join(" | "),
+            slope.map_or("n/a".into(), |s| format!("{s:.2}"))
+        );
+    }
+}
+
+/// New objects reconciled while the converged ones requeue (the largest count).
+fn print_new_objects(args: &Args, results: &mut [Measured]) {
+    let Some(&objects) = args.objects.last() else {
+        return;
+    };
+    println!(
+        "\nnew objects while {objects} converged objects requeue every {} s: create to write\n",
+        args.requeue
+    );
+    println!("| variant | new objects | p50 ms | p90 ms | max ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for r in results
+        .iter_mut()
+        .filter(|r| r.objects == objects && !r.new_latencies.is_empty())
+    {
+        r.new_latencies.sort();
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} |",
+            r.variant,
+            r.new_latencies.len(),
+            ms(percentile(&r.new_latencies, 0.5)),
+            ms(percentile(&r.new_latencies, 0.9)),
+            ms(*r.new_latencies.last().expect("not empty")),
+        );
+    }
+}
+
 /// The hand-written reference: a kube-rs controller that adds the label with an update
-/// guarded by resourceVersion, as nuop writes back.
-async fn reference_controller(namespace: String, concurrency: u16) {
+/// guarded by resourceVersion, as nuop writes back, and requeues every object `requeue`
+/// seconds after its reconcile, as the bench script asks nuop to.
+async fn reference_controller(namespace: String, concurrency: u16, requeue: u64) {
     let client = {
         nuop_core::install_crypto_provider();
         Client::try_default()
@@ -563,7 +781,7 @@ async fn reference_controller(namespace: String, concurrency: u16) {
     .run(
         |cm: Arc<ConfigMap>, api: Arc<Api<ConfigMap>>| async move {
             if cm.labels().get(SEEN_LABEL).map(String::as_str) == Some("true") {
-                return Ok::<_, kube::Error>(Action::requeue(Duration::from_secs(300)));
+                return Ok::<_, kube::Error>(Action::requeue(Duration::from_secs(requeue)));
             }
             let mut changed = (*cm).clone();
             changed
@@ -571,7 +789,7 @@ async fn reference_controller(namespace: String, concurrency: u16) {
                 .insert(SEEN_LABEL.to_string(), "true".to_string());
             api.replace(&cm.name_any(), &PostParams::default(), &changed)
                 .await?;
-            Ok(Action::requeue(Duration::from_secs(10)))
+            Ok(Action::requeue(Duration::from_secs(requeue)))
         },
         |_, _, _| Action::requeue(Duration::from_millis(500)),
         Arc::new(api),
@@ -586,7 +804,8 @@ async fn main() {
     if raw.first().map(String::as_str) == Some("--reference-controller") {
         let namespace = raw.get(1).expect("namespace").clone();
         let concurrency = raw.get(2).and_then(|c| c.parse().ok()).unwrap_or(8);
-        reference_controller(namespace, concurrency).await;
+        let requeue = raw.get(3).and_then(|c| c.parse().ok()).unwrap_or(30);
+        reference_controller(namespace, concurrency, requeue).await;
         return;
     }
     let args = parse_args(&raw);
@@ -619,17 +838,36 @@ async fn main() {
     .expect("KUBECONFIG must name a reachable cluster (make bench-e2e starts one)");
     let workdir = tempfile::tempdir().expect("workdir");
     let mut results = Vec::new();
-    for variant in args.variants.iter().filter(|_| label) {
-        eprintln!("bench-e2e: running {variant} with {} objects", args.objects);
-        let result = run_variant(&client, &args, variant, workdir.path()).await;
-        eprintln!(
-            "bench-e2e: {variant} converged in {:.2}s",
-            result.converge.as_secs_f64()
-        );
-        results.push(result);
+    let largest = args.objects.last().copied().unwrap_or_default();
+    for &objects in args.objects.iter().filter(|_| label) {
+        for variant in &args.variants {
+            eprintln!("bench-e2e: running {variant} with {objects} objects");
+            let result = run_variant(
+                &client,
+                &args,
+                variant,
+                objects,
+                objects == largest && args.new_objects > 0,
+                workdir.path(),
+            )
+            .await;
+            eprintln!(
+                "bench-e2e: {variant} converged in {:.2}s",
+                result.converge.as_secs_f64()
+            );
+            results.push(result);
+        }
     }
     if label {
-        print_table(&args, &mut results);
+        for &objects in &args.objects {
+            let mut rows: Vec<&mut Measured> = results
+                .iter_mut()
+                .filter(|r| r.objects == objects)
+                .collect();
+            print_table(&args, objects, &mut rows);
+        }
+        print_memory(&args, &results);
+        print_new_objects(&args, &mut results);
     }
     if args.workloads.iter().any(|w| w == "replicator") {
         replicator::run(&client, &args.replicator, workdir.path()).await;

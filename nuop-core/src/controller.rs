@@ -8,7 +8,7 @@
 use futures::future::FutureExt;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, Scope, pinned_kind};
@@ -301,6 +301,7 @@ pub async fn run_with_backoff(
             let related_triggers = routes.add(namespace.clone(), reader.clone());
             let first_lists = first_lists.clone();
             let console = console.clone();
+            let write_echoes = ctx.write_echoes.clone();
             let mut seen = false;
             // managedFields are dropped as objects arrive: often half of a small object,
             // they would be cached for every object and sent to every script call.
@@ -314,6 +315,10 @@ pub async fn run_with_backoff(
                     }
                 })
                 .applied_objects()
+                // The event of exactly what the last write-back left: the script already
+                // decided on that state and its requeue_after_change is scheduled, so it
+                // is not called again now (the rule: cluster::echo). The store has it.
+                .try_filter(move |object| std::future::ready(!write_echoes.is_echo_of(object)))
                 // The object's own event: the reason for its next reconcile (console).
                 .inspect(move |object| {
                     if let (Some(entry), Ok(object)) = (&console, object) {

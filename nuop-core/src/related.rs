@@ -446,10 +446,7 @@ fn cause(
 }
 
 fn is_echo(echoes: &Echoes, object: &DynamicObject) -> bool {
-    match (&object.metadata.uid, &object.metadata.resource_version) {
-        (Some(uid), Some(version)) => echoes.is_echo(uid, version),
-        _ => false,
-    }
+    echoes.is_echo_of(object)
 }
 
 /// Asks the script's `main map` which primaries `object` concerns. Failures are logged

@@ -8,6 +8,17 @@
 //! again would only find everything up to date (`related::route_changes`; tested by
 //! `echo::tests::only_the_exact_version_written_is_an_echo` and, end to end, by the
 //! examples' tests, which still restore every edited or deleted copy).
+//!
+//! A controller keeps a second, separate [`Echoes`] for its write-backs (the script's
+//! answer patched onto the primary itself, `reconcile::write`): the primary's own watch
+//! event that carries exactly the resourceVersion the last write-back returned is not
+//! reconciled (`controller::run`). The rule, and why the outcome cannot differ: that
+//! event's object is the server's answer to the write, the very state the script's exit 2
+//! just produced and nuop already acted on, and `requeue_after_change` is already
+//! scheduled, which reconciles the object again as the script asked. Any other version
+//! (another writer, a deletion timestamp, a later status write) is reconciled as before.
+//! Kept apart from the calls' memory because a kind can be both the primary and a watched
+//! kind, and each event must be matched against the writes of its own path only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,19 +47,31 @@ impl Echoes {
 
     /// Remembers the object a write returned.
     fn remember(&self, object: &Value) {
-        let (Some(uid), Some(version)) = (
+        if let (Some(uid), Some(version)) = (
             object.pointer("/metadata/uid").and_then(Value::as_str),
             object
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str),
-        ) else {
-            return;
-        };
+        ) {
+            self.remember_version(uid, version);
+        }
+    }
+
+    /// Remembers that a write left the object with UID `uid` at `version`.
+    pub fn remember_version(&self, uid: &str, version: &str) {
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
         if written.len() >= REMEMBERED {
             written.clear();
         }
         written.insert(uid.to_string(), version.to_string());
+    }
+
+    /// [`Self::is_echo`] for a watched object; one without UID or version is none.
+    pub fn is_echo_of(&self, object: &kube::api::DynamicObject) -> bool {
+        match (&object.metadata.uid, &object.metadata.resource_version) {
+            (Some(uid), Some(version)) => self.is_echo(uid, version),
+            _ => false,
+        }
     }
 
     /// Whether a change is the echo of a write (same UID and resourceVersion); an echo
@@ -117,6 +140,29 @@ mod tests {
         echoes.remember(&json!({"metadata": {"uid": "u1", "resourceVersion": "9"}}));
         assert!(echoes.is_echo("u1", "9"));
         assert!(!echoes.is_echo("u1", "9"), "an echo is seen once");
+    }
+
+    #[test]
+    fn a_watched_object_is_the_echo_of_a_write_back_only_at_the_version_written() {
+        let echoes = Echoes::new();
+        let at = |version: Option<&str>| {
+            let mut object = kube::api::DynamicObject::new(
+                "a",
+                &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+            );
+            object.metadata.uid = Some("u1".into());
+            object.metadata.resource_version = version.map(str::to_string);
+            object
+        };
+        echoes.remember_version("u1", "5");
+        assert!(!echoes.is_echo_of(&at(None)), "no version: not an echo");
+        assert!(echoes.is_echo_of(&at(Some("5"))));
+        assert!(!echoes.is_echo_of(&at(Some("5"))), "seen once");
+        echoes.remember_version("u1", "6");
+        assert!(
+            !echoes.is_echo_of(&at(Some("7"))),
+            "someone else's later write"
+        );
     }
 
     #[tokio::test]

@@ -78,6 +78,9 @@ pub struct Context {
     /// Records the write-back, status and finalizer writes ([`crate::audit`]); off until
     /// the controller sets one (`with_audit`).
     pub audit: crate::audit::Auditor,
+    /// The versions this controller's write-backs left its primaries at, so that their
+    /// own watch events are not reconciled again (the rule: `cluster::echo`).
+    pub write_echoes: Arc<crate::cluster::echo::Echoes>,
     /// Where this controller's reconciles are recorded for the console; none when the
     /// console is off.
     pub console: Option<Arc<crate::console::Entry>>,
@@ -134,6 +137,7 @@ impl Context {
             has_status,
             cluster: None,
             audit: crate::audit::Auditor::default(),
+            write_echoes: crate::cluster::echo::Echoes::new(),
             console: None,
         }
     }

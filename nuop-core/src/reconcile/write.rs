@@ -275,6 +275,7 @@ pub(crate) async fn write(
             action: "patch object",
             source,
         })?;
+        remember_write(ctx, &updated);
         resource_version = updated.metadata.resource_version;
         publish(
             ctx,
@@ -294,10 +295,12 @@ pub(crate) async fn write(
             .begin(intent(ctx, object, Verb::WriteStatus, &patch));
         let result = api.patch_status(name, &params, &Patch::Merge(&patch)).await;
         audited(pending, &result);
-        result.map_err(|source| ReconcileError::Api {
+        let updated = result.map_err(|source| ReconcileError::Api {
             action: "patch status",
             source,
         })?;
+        // The later version: the object's echo is the status write's.
+        remember_write(ctx, &updated);
         publish(
             ctx,
             object,
@@ -308,6 +311,14 @@ pub(crate) async fn write(
         );
     }
     Ok(())
+}
+
+/// Remembers the version a write-back left the object at: its watch event is an echo.
+fn remember_write(ctx: &Context, updated: &DynamicObject) {
+    if let (Some(uid), Some(version)) = (&updated.metadata.uid, &updated.metadata.resource_version)
+    {
+        ctx.write_echoes.remember_version(uid, version);
+    }
 }
 
 /// The audit record of one write-back patch of `object`.
