@@ -1,5 +1,6 @@
-//! The webhooks of managed mode. A webhook is a cluster-wide power, so managed pods never
-//! create webhook configurations (see `nuop_manager::webhooks`); they:
+//! The webhooks of managed mode. A webhook is a cluster-wide power, so managed pods have
+//! no code path that creates webhook configurations (the manager registers them, see
+//! `nuop_manager::webhooks`; `--webhook-url-base` is refused at start); they:
 //! - publish what their scripts declare into the NuOperator's status, for the manager to
 //!   register: [`status_patch`] (pure) and [`publish`] (I/O, the leader's supervisor
 //!   feeds it);
@@ -39,7 +40,7 @@ use crate::{Settings, spawn_sources};
 pub const FIELD_MANAGER: &str = "nuop-managed-webhooks";
 
 /// The subdirectory of the cache where [`serve`] keeps its own checkouts (the
-/// supervisor's are beside it: two tasks never share a repository).
+/// supervisor's are beside it, so the two fetch loops do not share a repository).
 pub const CACHE_SUBDIR: &str = "webhooks";
 
 /// The status apply body declaring `hooks` and `conversions` (empty lists clear them).
