@@ -275,19 +275,7 @@ pub fn config_findings(
             "`main map` is never called: no `watches` entry has `map: script`".into(),
         ));
     }
-    for (declared, phase, field) in [
-        (
-            config.webhooks.validate.is_some(),
-            Phase::Validate,
-            "webhooks.validate",
-        ),
-        (
-            config.webhooks.mutate.is_some(),
-            Phase::Mutate,
-            "webhooks.mutate",
-        ),
-        (config.conversion.is_some(), Phase::Convert, "conversion"),
-    ] {
+    for (declared, phase, field) in crate::root::declared_webhook_phases(config) {
         if !declared && crate::script::defines_phase(source, phase) {
             found.push(at(
                 line_of(phase),

@@ -107,16 +107,9 @@ pub async fn load_root_within(
     Ok((loaded, rejected))
 }
 
-/// Why a script with `config` cannot become a controller for want of a phase: every
-/// script needs `main reconcile`, and one that declares a `finalizer` needs `main
-/// finalize` — without it every deleted object would hang in Terminating — and one that
-/// maps a watch by `map: script` needs `main map`.
-///
-/// A script with `webhooks` or `conversion` needs the phase of each hook it declares
-/// (`main validate`, `main mutate`, `main convert`), and may then go without `main
-/// reconcile`: it is webhook-only and no controller starts for it.
-pub fn missing_phase(config: &ScriptConfig, has: impl Fn(Phase) -> bool) -> Option<String> {
-    let declared = [
+/// The webhook phases `config` may declare: (declared, phase, config field). Pure.
+pub fn declared_webhook_phases(config: &ScriptConfig) -> [(bool, Phase, &'static str); 3] {
+    [
         (
             config.webhooks.validate.is_some(),
             Phase::Validate,
@@ -128,7 +121,19 @@ pub fn missing_phase(config: &ScriptConfig, has: impl Fn(Phase) -> bool) -> Opti
             "webhooks.mutate",
         ),
         (config.conversion.is_some(), Phase::Convert, "conversion"),
-    ];
+    ]
+}
+
+/// Why a script with `config` cannot become a controller for want of a phase: every
+/// script needs `main reconcile`, and one that declares a `finalizer` needs `main
+/// finalize` — without it every deleted object would hang in Terminating — and one that
+/// maps a watch by `map: script` needs `main map`.
+///
+/// A script with `webhooks` or `conversion` needs the phase of each hook it declares
+/// (`main validate`, `main mutate`, `main convert`), and may then go without `main
+/// reconcile`: it is webhook-only and no controller starts for it.
+pub fn missing_phase(config: &ScriptConfig, has: impl Fn(Phase) -> bool) -> Option<String> {
+    let declared = declared_webhook_phases(config);
     if let Some((_, phase, field)) = declared.iter().find(|(d, p, _)| *d && !has(*p)) {
         return Some(format!(
             "script {} declares `{field}` but has no `main {phase}` command",

@@ -127,7 +127,9 @@ pub fn owner_reference(operator: &NuOperator) -> Result<OwnerReference> {
     })
 }
 
-fn child_metadata(operator: &NuOperator) -> Result<ObjectMeta> {
+/// The metadata of every object the manager makes for `operator`: its namespace,
+/// labels and controller owner reference, named `nuop-<name>`.
+pub(crate) fn child_metadata(operator: &NuOperator) -> Result<ObjectMeta> {
     Ok(ObjectMeta {
         name: Some(child_name(operator)),
         namespace: Some(

@@ -231,14 +231,7 @@ pub fn desired_service(operator: &NuOperator) -> Result<Service> {
     Ok(Service {
         metadata: ObjectMeta {
             name: Some(service_name(operator)),
-            namespace: Some(
-                operator
-                    .namespace()
-                    .ok_or(Error::MissingMetadata("namespace"))?,
-            ),
-            labels: Some(build::labels(operator)),
-            owner_references: Some(vec![build::owner_reference(operator)?]),
-            ..ObjectMeta::default()
+            ..build::child_metadata(operator)?
         },
         spec: Some(ServiceSpec {
             selector: Some(build::selector_labels(operator)),
@@ -397,14 +390,7 @@ pub fn desired_secret(operator: &NuOperator, crt: &str, key: &str, bundle: &str)
     Ok(Secret {
         metadata: ObjectMeta {
             name: Some(secret_name(operator)),
-            namespace: Some(
-                operator
-                    .namespace()
-                    .ok_or(Error::MissingMetadata("namespace"))?,
-            ),
-            labels: Some(build::labels(operator)),
-            owner_references: Some(vec![build::owner_reference(operator)?]),
-            ..ObjectMeta::default()
+            ..build::child_metadata(operator)?
         },
         type_: Some("kubernetes.io/tls".into()),
         data: Some(data),

@@ -144,16 +144,7 @@ impl Entry {
 
     /// Notes `trigger` for every cached primary (a change that wakes them all).
     pub fn mark_all(&self, trigger: &Trigger) {
-        let keys: Vec<String> = lock(&self.stores)
-            .iter()
-            .flat_map(Store::state)
-            .map(|o| {
-                object_key(
-                    o.metadata.namespace.as_deref().unwrap_or_default(),
-                    o.metadata.name.as_deref().unwrap_or_default(),
-                )
-            })
-            .collect();
+        let keys = self.cached_keys();
         let mut pending = lock(&self.pending);
         for key in keys {
             pending.mark(key, trigger.clone());
@@ -204,7 +195,13 @@ impl Entry {
 
     /// Forgets the waiting triggers of objects the caches no longer hold.
     pub fn prune(&self) {
-        let present: std::collections::HashSet<String> = lock(&self.stores)
+        let present: std::collections::HashSet<String> = self.cached_keys().into_iter().collect();
+        lock(&self.pending).retain(|key| present.contains(key));
+    }
+
+    /// The keys of every cached primary.
+    fn cached_keys(&self) -> Vec<String> {
+        lock(&self.stores)
             .iter()
             .flat_map(Store::state)
             .map(|o| {
@@ -213,8 +210,7 @@ impl Entry {
                     o.metadata.name.as_deref().unwrap_or_default(),
                 )
             })
-            .collect();
-        lock(&self.pending).retain(|key| present.contains(key));
+            .collect()
     }
 
     fn cached_objects(&self) -> usize {

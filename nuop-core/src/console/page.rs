@@ -381,7 +381,8 @@ pub fn controller(c: &ControllerSummary) -> String {
 }
 
 /// One object: per controller, whether it is cached, what will wake it next, its recent
-/// reconciles and, when asked for, its contents (never a Secret's).
+/// reconciles and, when asked for, its contents (never a Secret's: test
+/// `contents_are_offered_except_for_secrets`).
 pub fn object(report: &ObjectReport) -> String {
     let object = super::journal::object_key(&report.namespace, &report.name);
     let mut body = format!("<h1>{}</h1>", escape(&object));

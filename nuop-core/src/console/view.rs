@@ -22,7 +22,8 @@ pub struct Overview {
     pub binary: String,
     /// nuop's version.
     pub version: String,
-    /// Whether this process leads (always true without `--leader-elect`).
+    /// Whether this process leads (without `--leader-elect` the runtime leads from the
+    /// start).
     pub leader: bool,
     /// Whether `/readyz` answers 200.
     pub ready: bool,
@@ -184,7 +185,7 @@ pub struct ObjectInController {
     #[serde(serialize_with = "shared_records")]
     pub records: Vec<Arc<Record>>,
     /// The object as cached, without managedFields: only when asked for
-    /// (`?content=true`) and never for a Secret.
+    /// (`?content=true`) and never for a Secret (test `secrets_are_never_shown`).
     pub content: Option<Value>,
     /// Why `content` is absent although asked for.
     pub content_note: Option<String>,
@@ -249,7 +250,8 @@ pub struct MappingView {
 }
 
 /// Whether the console may show an object's contents: never a core Secret's (nor
-/// anything that calls itself one in another group, to be safe).
+/// anything that calls itself one in another group, to be safe; test
+/// `secrets_are_never_shown`).
 pub fn may_show_contents(kind: &str) -> bool {
     !kind.eq_ignore_ascii_case("secret")
 }

@@ -64,7 +64,7 @@ pub fn tail(text: &str) -> String {
 
 /// The script's input for validate and mutate: the AdmissionReview's `request` with
 /// `oldObject`, `dryRun` and `subResource` always present, so scripts can read them
-/// without `?`.
+/// without `?` (test `inputs_carry_every_field`).
 pub fn admission_input(request: &Value) -> Value {
     let mut input = request.as_object().cloned().unwrap_or_default();
     for (key, default) in [

@@ -111,7 +111,8 @@ pub struct HookRule {
 /// One validating or mutating webhook of a script.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdmissionHook {
-    /// The rules; never empty (defaults to the controller's own kind).
+    /// The rules; never empty (defaults to the controller's own kind; test
+    /// `an_empty_hook_defaults_to_the_controllers_kind`).
     pub rules: Vec<HookRule>,
     /// `namespaceSelector`, a LabelSelector as JSON.
     pub namespace_selector: Option<Value>,
