@@ -127,6 +127,9 @@ pub(crate) fn build_base_engine() -> EngineState {
     config.use_ansi_coloring = nu_protocol::UseAnsiColoring::False;
     engine.set_config(config);
     engine.generate_nu_constant();
+    // The code that declared several hundred commands has run for the last time in this
+    // process: its pages need not stay resident (`runtime::pages`).
+    crate::runtime::pages::release();
     engine
 }
 
