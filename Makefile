@@ -157,7 +157,7 @@ bench-e2e-10k: tools ## The label workload at 1,000 and 10,000 objects: embedded
 	@kubeconfig=$$($(CONTROL_PLANE) up | tail -n 1); eval "$$($(CONTROL_PLANE) env)"; \
 	  NUOP_NU=$(NU) $(CARGO) bench --workspace --profile $(PROFILE) --bench e2e -- \
 	    --objects 1000,10000 --workloads label \
-	    --variants embedded,embedded-no-events,managed,reference \
+	    --variants embedded,embedded-no-events,managed,reference,reference-events \
 	    --nuop-standard $(TARGET_DIR)/$(PROFILE)/nuop-standard \
 	    --nuop-managed $(TARGET_DIR)/$(PROFILE)/nuop-managed $(BENCH_ARGS)
 

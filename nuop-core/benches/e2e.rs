@@ -30,7 +30,11 @@
 //!
 //! `embedded-no-events` is the embedded executor with `--write-events false`: nuop
 //! records every write as an Event by default, one more etcd write per change that the
-//! reference does not make. `managed` is `nuop-managed` fetching the same script from a
+//! reference does not make. `reference-events` is the reference doing that work too: after
+//! each write it records the same Normal Event (reason `Updated`) with kube's `Recorder`,
+//! awaited in the reconcile as a hand-written kube-rs controller does. Each row's "vs same
+//! work" compares it with the reference that makes the writes it makes: `reference` for
+//! `embedded-no-events`, `reference-events` for the variants that record Events. `managed` is `nuop-managed` fetching the same script from a
 //! git repository (file://) with the configuration the manager writes for a NuOperator.
 //! `embedded-console` is the embedded executor with the console on
 //! (`--console-bind-address 127.0.0.1:0`): every reconcile recorded, to show that
@@ -41,8 +45,11 @@
 //! executor), the kubectl-style replicator and a hand-written kube-rs replicator.
 //!
 //! Arguments: `--workloads label,replicator` (both), `--objects N[,N…]` (1000), `--updates N` (100),
-//! `--new-objects N` (20), `--requeue S` (30), `--variants a,b,c`
-//! (`embedded,embedded-console,embedded-no-events,process,managed,reference`), `--nuop-standard PATH`
+//! `--new-objects N` (20), `--requeue S` (30), `--rounds N` (1: with more, every variant runs N
+//! times per count, interleaved, and each row is its median run by converge time, the
+//! objects/s of every round beside it; new objects are measured in the first round only),
+//! `--variants a,b,c`
+//! (`embedded,embedded-console,embedded-no-events,process,managed,reference,reference-events`), `--nuop-standard PATH`
 //! and `--nuop-managed PATH` (default: the ones `cargo test --profile ci` built beside this bench),
 //! `--concurrency N` (8, the same for every variant), `--baseline PATH` (an older
 //! `nuop-standard`, measured as variant `baseline` with the embedded executor beside
@@ -62,8 +69,9 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -104,6 +112,8 @@ struct Args {
     updates: usize,
     /// New objects created one at a time once the converged ones requeue (largest count).
     new_objects: usize,
+    /// Runs of every variant per count; each row is the median run.
+    rounds: usize,
     /// Seconds every controller requeues an object after reconciling it.
     requeue: u64,
     variants: Vec<String>,
@@ -122,6 +132,7 @@ fn parse_args(args: &[String]) -> Args {
         objects: vec![1000],
         updates: 100,
         new_objects: 20,
+        rounds: 1,
         requeue: 30,
         variants: [
             "embedded",
@@ -130,6 +141,7 @@ fn parse_args(args: &[String]) -> Args {
             "process",
             "managed",
             "reference",
+            "reference-events",
         ]
         .map(String::from)
         .to_vec(),
@@ -159,6 +171,7 @@ fn parse_args(args: &[String]) -> Args {
             "--updates" => parsed.updates = value().parse().expect("--updates N"),
             "--new-objects" => parsed.new_objects = value().parse().expect("--new-objects N"),
             "--requeue" => parsed.requeue = value().parse().expect("--requeue S"),
+            "--rounds" => parsed.rounds = value().parse::<usize>().expect("--rounds N").max(1),
             "--variants" => parsed.variants = value().split(',').map(str::to_string).collect(),
             "--nuop-standard" => parsed.nuop_standard = value().into(),
             "--nuop-managed" => parsed.nuop_managed = value().into(),
@@ -325,6 +338,42 @@ struct Measured {
     cpu_seconds: f64,
     peak_rss_mib: f64,
     latencies: Vec<Duration>,
+    /// Objects/s of every round of this variant at this count (`--rounds`), in run order.
+    round_rates: Vec<f64>,
+}
+
+/// One row per variant and count: the run with the median converge time, carrying the
+/// objects/s of every round and the new-object latencies of the round that measured them.
+fn median_runs(runs: Vec<Measured>) -> Vec<Measured> {
+    let mut groups: Vec<Vec<Measured>> = Vec::new();
+    for run in runs {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].variant == run.variant && g[0].objects == run.objects)
+        {
+            Some(group) => group.push(run),
+            None => groups.push(vec![run]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut group| {
+            let rates: Vec<f64> = group
+                .iter()
+                .map(|r| r.objects as f64 / r.converge.as_secs_f64())
+                .collect();
+            let new_latencies = group
+                .iter_mut()
+                .map(|r| std::mem::take(&mut r.new_latencies))
+                .find(|l| !l.is_empty())
+                .unwrap_or_default();
+            group.sort_by_key(|r| r.converge);
+            let mut median = group.swap_remove(group.len() / 2);
+            median.round_rates = rates;
+            median.new_latencies = new_latencies;
+            median
+        })
+        .collect()
 }
 
 /// The child process for one variant.
@@ -337,13 +386,18 @@ fn spawn_controller(
     let log = std::fs::File::create(workdir.join(format!("{variant}.log"))).expect("log file");
     let mut command = if variant == "managed" {
         managed_command(args, namespace, workdir)
-    } else if variant == "reference" {
+    } else if variant == "reference" || variant == "reference-events" {
         let mut c = tokio::process::Command::new(std::env::current_exe().expect("own path"));
         c.args([
             "--reference-controller",
             namespace,
             &args.concurrency.to_string(),
             &args.requeue.to_string(),
+            if variant == "reference" {
+                "no-events"
+            } else {
+                "events"
+            },
         ]);
         c
     } else {
@@ -579,6 +633,7 @@ async fn run_variant(
         cpu_seconds,
         peak_rss_mib,
         latencies,
+        round_rates: Vec::new(),
     }
 }
 
@@ -633,6 +688,16 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The table of one object count.
+/// The reference that makes the same writes as `variant`: without Events for the
+/// variants that record none, with them for every other nuop variant (Events are on by
+/// default).
+fn same_work_reference(variant: &str) -> &'static str {
+    match variant {
+        "reference" | "embedded-no-events" => "reference",
+        _ => "reference-events",
+    }
+}
+
 fn print_table(args: &Args, objects: usize, results: &mut [&mut Measured]) {
     let reference = results.iter().find(|r| r.variant == "reference").map(|r| {
         (
@@ -640,14 +705,26 @@ fn print_table(args: &Args, objects: usize, results: &mut [&mut Measured]) {
             r.latencies.clone(),
         )
     });
+    let rate_of = |variant: &str| {
+        results
+            .iter()
+            .find(|r| r.variant == variant)
+            .map(|r| objects as f64 / r.converge.as_secs_f64())
+    };
+    let (plain, with_events) = (rate_of("reference"), rate_of("reference-events"));
     println!(
         "\n{} objects, {} single-object updates, concurrency {} per controller, requeue {} s\n",
         objects, args.updates, args.concurrency, args.requeue
     );
+    let rounds = args.rounds > 1;
     println!(
-        "| variant | converge s | first write s | objects/s | vs reference | peak RSS MiB | CPU s | update p50 ms | update p99 ms | p50 vs reference |"
+        "| variant | converge s | first write s | objects/s |{} vs reference | vs same work | peak RSS MiB | CPU s | update p50 ms | update p99 ms | p50 vs reference |",
+        if rounds { " objects/s per round |" } else { "" }
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| --- | ---: | ---: | ---: |{} ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        if rounds { " ---: |" } else { "" }
+    );
     for r in results.iter_mut() {
         r.latencies.sort();
         let rate = objects as f64 / r.converge.as_secs_f64();
@@ -666,8 +743,19 @@ fn print_table(args: &Args, objects: usize, results: &mut [&mut Measured]) {
             }
             None => ("n/a".into(), "n/a".into()),
         };
+        let same_work = match same_work_reference(&r.variant) {
+            "reference" => plain,
+            _ => with_events,
+        }
+        .map_or_else(|| "n/a".into(), |base| format!("{:.2}", rate / base));
+        let per_round = if rounds {
+            let rates: Vec<String> = r.round_rates.iter().map(|x| format!("{x:.0}")).collect();
+            format!(" {} |", rates.join(" / "))
+        } else {
+            String::new()
+        };
         println!(
-            "| {} | {:.2} | {:.2} | {:.0} | {ratio} | {:.1} | {:.2} | {:.2} | {:.2} | {delta} |",
+            "| {} | {:.2} | {:.2} | {:.0} |{per_round} {ratio} | {same_work} | {:.1} | {:.2} | {:.2} | {:.2} | {delta} |",
             r.variant,
             r.converge.as_secs_f64(),
             r.first_write.as_secs_f64(),
@@ -763,14 +851,25 @@ fn print_new_objects(args: &Args, results: &mut [Measured]) {
 
 /// The hand-written reference: a kube-rs controller that adds the label with an update
 /// guarded by resourceVersion, as nuop writes back, and requeues every object `requeue`
-/// seconds after its reconcile, as the bench script asks nuop to.
-async fn reference_controller(namespace: String, concurrency: u16, requeue: u64) {
+/// seconds after its reconcile, as the bench script asks nuop to. With `events`, each
+/// write is followed by the Normal Event nuop records for it, published with kube's
+/// `Recorder` in the reconcile (a failed Event does not fail the reconcile).
+async fn reference_controller(namespace: String, concurrency: u16, requeue: u64, events: bool) {
     let client = {
         nuop_core::install_crypto_provider();
         Client::try_default()
     }
     .await
     .expect("kube client");
+    let recorder = events.then(|| {
+        Arc::new(Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "reference".into(),
+                instance: None,
+            },
+        ))
+    });
     let api = Api::<ConfigMap>::namespaced(client, &namespace);
     let config = kube::runtime::controller::Config::default().concurrency(concurrency);
     Controller::new(
@@ -779,7 +878,8 @@ async fn reference_controller(namespace: String, concurrency: u16, requeue: u64)
     )
     .with_config(config)
     .run(
-        |cm: Arc<ConfigMap>, api: Arc<Api<ConfigMap>>| async move {
+        |cm: Arc<ConfigMap>, ctx: Arc<(Api<ConfigMap>, Option<Arc<Recorder>>)>| async move {
+            let (api, recorder) = &*ctx;
             if cm.labels().get(SEEN_LABEL).map(String::as_str) == Some("true") {
                 return Ok::<_, kube::Error>(Action::requeue(Duration::from_secs(requeue)));
             }
@@ -789,10 +889,20 @@ async fn reference_controller(namespace: String, concurrency: u16, requeue: u64)
                 .insert(SEEN_LABEL.to_string(), "true".to_string());
             api.replace(&cm.name_any(), &PostParams::default(), &changed)
                 .await?;
+            if let Some(recorder) = recorder {
+                let event = Event {
+                    type_: EventType::Normal,
+                    reason: "Updated".into(),
+                    note: Some("script changes written".into()),
+                    action: "Update".into(),
+                    secondary: None,
+                };
+                let _ = recorder.publish(&event, &cm.object_ref(&())).await;
+            }
             Ok(Action::requeue(Duration::from_secs(requeue)))
         },
         |_, _, _| Action::requeue(Duration::from_millis(500)),
-        Arc::new(api),
+        Arc::new((api, recorder)),
     )
     .for_each(|_| async {})
     .await;
@@ -805,7 +915,8 @@ async fn main() {
         let namespace = raw.get(1).expect("namespace").clone();
         let concurrency = raw.get(2).and_then(|c| c.parse().ok()).unwrap_or(8);
         let requeue = raw.get(3).and_then(|c| c.parse().ok()).unwrap_or(30);
-        reference_controller(namespace, concurrency, requeue).await;
+        let events = raw.get(4).map(String::as_str) == Some("events");
+        reference_controller(namespace, concurrency, requeue, events).await;
         return;
     }
     let args = parse_args(&raw);
@@ -817,7 +928,7 @@ async fn main() {
                 && args
                     .variants
                     .iter()
-                    .any(|v| v != "reference" && v != "managed"),
+                    .any(|v| !v.starts_with("reference") && v != "managed"),
         ),
         (
             &args.nuop_managed,
@@ -840,24 +951,33 @@ async fn main() {
     let mut results = Vec::new();
     let largest = args.objects.last().copied().unwrap_or_default();
     for &objects in args.objects.iter().filter(|_| label) {
-        for variant in &args.variants {
-            eprintln!("bench-e2e: running {variant} with {objects} objects");
-            let result = run_variant(
-                &client,
-                &args,
-                variant,
-                objects,
-                objects == largest && args.new_objects > 0,
-                workdir.path(),
-            )
-            .await;
-            eprintln!(
-                "bench-e2e: {variant} converged in {:.2}s",
-                result.converge.as_secs_f64()
-            );
-            results.push(result);
+        for round in 0..args.rounds {
+            for variant in &args.variants {
+                eprintln!(
+                    "bench-e2e: running {variant} with {objects} objects (round {} of {})",
+                    round + 1,
+                    args.rounds
+                );
+                let result = run_variant(
+                    &client,
+                    &args,
+                    variant,
+                    objects,
+                    round == 0 && objects == largest && args.new_objects > 0,
+                    // A directory per round too: the managed variant's git repository
+                    // must start empty.
+                    &workdir.path().join(format!("round-{round}")),
+                )
+                .await;
+                eprintln!(
+                    "bench-e2e: {variant} converged in {:.2}s",
+                    result.converge.as_secs_f64()
+                );
+                results.push(result);
+            }
         }
     }
+    let mut results = median_runs(results);
     if label {
         for &objects in &args.objects {
             let mut rows: Vec<&mut Measured> = results
