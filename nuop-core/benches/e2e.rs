@@ -20,10 +20,11 @@
 //!
 //! `--objects` takes a list (`100,1000`): every variant runs once per count, and a memory
 //! table gives each variant's RSS right after convergence (VmRSS, not the peak) at each
-//! count and the slope between the smallest and the largest count, the RSS per 1,000
-//! cached objects, beside the reference's. The slope leaves out what does not grow with
-//! the objects (the binary, Nushell's engine and its clones for concurrent calls, which
-//! the smallest count already warms up). Every controller, the reference included, is a
+//! count and the slope of RssAnon (anonymous memory) between the smallest and the largest
+//! count, the RSS per 1,000 cached objects, beside the reference's. The slope leaves out
+//! what does not grow with the objects (the binary's code pages, which are file-backed and
+//! which nuop pages out once ready, Nushell's engine and its clones for concurrent calls,
+//! which the smallest count already warms up). Every controller, the reference included, is a
 //! child process of its own, so its `/proc/<pid>/status` holds its memory alone.
 //! "first write s" is the time from starting the controller to the first write seen on
 //! the watch: the time to the first reconcile after start, with N objects to list first.
@@ -306,14 +307,18 @@ fn usage(pid: u32) -> (f64, f64) {
 }
 
 /// Resident set size in MiB of a live process now (VmRSS).
-fn rss_now(pid: u32) -> f64 {
+/// VmRSS and RssAnon of `pid` now, in MiB.
+fn rss_now(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib / 1024.0
+    let field = |name: &str| -> f64 {
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
+        kib / 1024.0
+    };
+    (field("VmRSS:"), field("RssAnon:"))
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -332,6 +337,9 @@ struct Measured {
     converge: Duration,
     /// VmRSS right after convergence: the caches full, the burst over.
     rss_mib: f64,
+    /// RssAnon at the same moment: the caches and every other allocation, without the
+    /// binary's file-backed code pages (which nuop pages out after start-up).
+    anon_mib: f64,
     /// Create-to-write of new objects while the converged ones requeue (largest count).
     new_latencies: Vec<Duration>,
     first_write: Duration,
@@ -561,7 +569,7 @@ async fn run_variant(
         }
     }
     let converge = started.elapsed();
-    let rss_mib = rss_now(pid);
+    let (rss_mib, anon_mib) = rss_now(pid);
     let first_write = first_write.map_or(converge, |at| at - started);
 
     let api = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
@@ -628,6 +636,7 @@ async fn run_variant(
         objects,
         converge,
         rss_mib,
+        anon_mib,
         new_latencies,
         first_write,
         cpu_seconds,
@@ -768,20 +777,25 @@ fn print_table(args: &Args, objects: usize, results: &mut [&mut Measured]) {
     }
 }
 
-/// Each variant's RSS right after convergence at every count, and the slope between the
-/// smallest and the largest count: RSS per 1,000 cached objects.
+/// Each variant's RSS right after convergence at every count, and the slope of its
+/// anonymous memory between the smallest and the largest count: RSS per 1,000 cached
+/// objects.
 fn print_memory(args: &Args, results: &[Measured]) {
     let (Some(&low), Some(&high)) = (args.objects.first(), args.objects.last()) else {
         return;
     };
-    let rss = |variant: &str, objects: usize| {
+    let run = |variant: &str, objects: usize| {
         results
             .iter()
             .find(|r| r.variant == variant && r.objects == objects)
-            .map(|r| r.rss_mib)
     };
+    let rss = |variant: &str, objects: usize| run(variant, objects).map(|r| r.rss_mib);
+    // The slope of anonymous memory: the file-backed code pages do not grow with the
+    // objects, and nuop pages them out once it is ready (runtime::pages), so whether
+    // that happened before the reading would swing a VmRSS slope by ~10 MiB.
+    let anon = |variant: &str, objects: usize| run(variant, objects).map(|r| r.anon_mib);
     let per_1000 = |variant: &str| {
-        Some((rss(variant, high)? - rss(variant, low)?) * 1000.0 / (high - low) as f64)
+        Some((anon(variant, high)? - anon(variant, low)?) * 1000.0 / (high - low) as f64)
     };
     let reference = per_1000("reference");
     let counts: Vec<String> = args
@@ -790,7 +804,7 @@ fn print_memory(args: &Args, results: &[Measured]) {
         .map(|n| format!("RSS MiB at {n}"))
         .collect();
     println!(
-        "\nmemory: VmRSS right after convergence; per 1,000 cached objects = slope from {low} to {high} objects\n"
+        "\nmemory: VmRSS right after convergence; per 1,000 cached objects = slope of RssAnon from {low} to {high} objects\n"
     );
     println!(
         "| variant | {} | RSS per 1,000 cached MiB | vs reference |",
