@@ -586,16 +586,9 @@ async fn run_variant(
         )
         .await
         .expect("update one object");
-        loop {
-            let seen = tokio::time::timeout(Duration::from_secs(60), events.recv())
-                .await
-                .unwrap_or_else(|_| panic!("{variant}: update {i} of {name} was never reconciled"))
-                .expect("watch stream");
-            if seen.name == name && seen.labelled {
-                latencies.push(seen.at - sent);
-                break;
-            }
-        }
+        let what = format!("{variant}: update {i} of {name}");
+        latencies
+            .push(until_labelled(&mut events, &name, Duration::from_secs(60), &what).await - sent);
     }
 
     let new_latencies = if new_objects {
@@ -653,6 +646,25 @@ async fn run_variant(
 /// the converged objects start `requeue` after the first write and keep coming for about
 /// as long as the convergence took (they come due in the order and at the pace the
 /// writes happened); the creates are spread over that span, at least 100 ms apart.
+/// Waits on the bench's watch for the controller's write that labels `name`, and returns
+/// when it was seen; panics naming `what` after `limit`.
+async fn until_labelled(
+    events: &mut mpsc::UnboundedReceiver<Seen>,
+    name: &str,
+    limit: Duration,
+    what: &str,
+) -> Instant {
+    loop {
+        let seen = tokio::time::timeout(limit, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} was never reconciled"))
+            .expect("watch stream");
+        if seen.name == name && seen.labelled {
+            return seen.at;
+        }
+    }
+}
+
 async fn new_object_latencies(
     api: &Api<ConfigMap>,
     events: &mut mpsc::UnboundedReceiver<Seen>,
@@ -673,16 +685,8 @@ async fn new_object_latencies(
         api.create(&PostParams::default(), &bench_configmap(name.clone()))
             .await
             .expect("create a new object");
-        loop {
-            let seen = tokio::time::timeout(Duration::from_secs(120), events.recv())
-                .await
-                .unwrap_or_else(|_| panic!("{variant}: new object {name} was never reconciled"))
-                .expect("watch stream");
-            if seen.name == name && seen.labelled {
-                latencies.push(seen.at - sent);
-                break;
-            }
-        }
+        let what = format!("{variant}: new object {name}");
+        latencies.push(until_labelled(events, &name, Duration::from_secs(120), &what).await - sent);
         tokio::time::sleep_until(next.into()).await;
     }
     latencies

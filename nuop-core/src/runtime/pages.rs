@@ -4,7 +4,7 @@
 //! Why: most of a nuop process's resident memory is the binary's code, not its data.
 //! Building Nushell's engine runs the set-up code of each of its several hundred
 //! commands once, and the kernel maps up to 64 KiB of the file around every page it
-//! faults in (fault-around), so start-up leaves ~10 MiB of code resident that never runs
+//! faults in (fault-around), so start-up leaves ~10 MiB of code resident that does not run
 //! again; the first list and the scripts' loading add more. `MADV_PAGEOUT` on the
 //! binary's read-only mappings drops those pages; what the process still runs is
 //! faulted back in as it runs, from the page cache or the file. The kernel leaves alone
@@ -17,8 +17,8 @@
 use std::ops::Range;
 
 /// The address ranges of `maps` (the text of `/proc/<pid>/maps`) that map the file
-/// `exe` read-only: its code, constants and unwind tables, never its writable data
-/// (`own_read_only_picks_the_binarys_read_only_mappings`).
+/// `exe` read-only: its code, constants and unwind tables, not its writable data
+/// (test `own_read_only_picks_the_binarys_read_only_mappings`).
 pub fn own_read_only(maps: &str, exe: &str) -> Vec<Range<usize>> {
     maps.lines()
         .filter_map(|line| {
@@ -62,18 +62,15 @@ pub fn release() -> usize {
 /// `madvise(MADV_PAGEOUT)` on one range of this process's own read-only file mapping.
 #[allow(unsafe_code)]
 fn page_out(range: Range<usize>) -> bool {
+    let Some(start) = std::ptr::NonNull::new(range.start as *mut std::ffi::c_void) else {
+        return false;
+    };
     // SAFETY: the range is a whole read-only, file-backed mapping of this process, read
     // from /proc/self/maps. MADV_PAGEOUT only reclaims its pages; their contents are the
     // file's and are read back on the next access, so no memory the program relies on
     // changes. A range unmapped meanwhile makes madvise fail with ENOMEM, nothing worse.
-    let rc = unsafe {
-        libc::madvise(
-            range.start as *mut libc::c_void,
-            range.len(),
-            libc::MADV_PAGEOUT,
-        )
-    };
-    rc == 0
+    unsafe { nix::sys::mman::madvise(start, range.len(), nix::sys::mman::MmapAdvise::MADV_PAGEOUT) }
+        .is_ok()
 }
 
 #[cfg(test)]

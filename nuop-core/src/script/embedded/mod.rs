@@ -66,7 +66,14 @@ pub const DEFAULT_LOAD_TIMEOUT: Duration = crate::protocol::DEFAULT_TIMEOUT;
 /// The engine every script starts from: Nushell's language and shell commands, our
 /// `print`, the refused commands, and the scrubbed process environment. Built once per
 /// process (~1 ms).
-static BASE_ENGINE: LazyLock<EngineState> = LazyLock::new(build_base_engine);
+static BASE_ENGINE: LazyLock<EngineState> = LazyLock::new(|| {
+    let engine = build_base_engine();
+    // The code that declared several hundred commands has run for the last time in this
+    // process: its pages need not stay resident (`runtime::pages`). Here, not in
+    // `build_base_engine`, which the linter calls once per script it checks.
+    crate::runtime::pages::release();
+    engine
+});
 
 /// Whether a variable of the operator's environment is passed on to scripts: not the
 /// OpenTelemetry settings (endpoints, auth headers) nor nuop's own `NUOP_*` settings.
@@ -127,9 +134,6 @@ pub(crate) fn build_base_engine() -> EngineState {
     config.use_ansi_coloring = nu_protocol::UseAnsiColoring::False;
     engine.set_config(config);
     engine.generate_nu_constant();
-    // The code that declared several hundred commands has run for the last time in this
-    // process: its pages need not stay resident (`runtime::pages`).
-    crate::runtime::pages::release();
     engine
 }
 
